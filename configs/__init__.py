@@ -1,0 +1,1 @@
+"""Configuration files: get_config() per original config, plus fixture, tiny and demo variants."""

@@ -1,0 +1,1 @@
+"""rap_jax/reference"""
