@@ -1,0 +1,129 @@
+"""Box head: FPN2MLP feature extractor, FPN predictor and test-time post-processing (SPEC §2.6).
+
+Post-processing per image: softmax; decode all classes from the proposal (weights 10,10,5,5);
+clip; candidates `prob > score_thresh`; class-wise NMS in proposal order; concatenate classes
+(class-major, proposal order inside a class); keep scores >= the `detections_per_img`-th largest
+(ties kept). The detection order is the original's, used by the relation heads and OCFusion ids.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rap_jax.modeling.layers import flatten_hwc
+from rap_jax.ops import boxes as box_ops
+from rap_jax.ops.box_coder import decode_boxes
+from rap_jax.ops.nms import nms_mask
+from rap_jax.ops.poolers import pool_rois
+
+
+class BoxFeatureExtractor(nn.Module):
+  """`FPN2MLPFeatureExtractor`: pool 7x7 -> flatten -> fc6 + ReLU -> fc7 + ReLU."""
+  mlp_head_dim: int
+
+  @nn.compact
+  def __call__(self, pooled):
+    x = flatten_hwc(pooled)
+    x = nn.relu(nn.Dense(self.mlp_head_dim, name="fc6")(x))
+    return nn.relu(nn.Dense(self.mlp_head_dim, name="fc7")(x))
+
+
+class BoxPredictor(nn.Module):
+  """`FPNPredictor`: `cls_score` (num_classes), `bbox_pred` (4 * num_classes)."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    return (nn.Dense(self.num_classes, name="cls_score")(x),
+            nn.Dense(4 * self.num_classes, name="bbox_pred")(x))
+
+
+class BoxHead(nn.Module):
+  """Fields = `config.model.roi_heads.box`."""
+  in_channels: int = 256
+  pooler_resolution: int = 7
+  pooler_scales: Sequence[float] = (0.25, 0.125, 0.0625, 0.03125)
+  pooler_sampling_ratio: int = 2
+  mlp_head_dim: int = 1024
+  num_classes: int = 81
+  bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)
+  score_thresh: float = 0.05
+  nms_thresh: float = 0.5
+  detections_per_img: int = 100
+  max_detections: int = 104
+  fg_iou_threshold: float = 0.5
+  bg_iou_threshold: float = 0.5
+  batch_size_per_image: int = 512
+  positive_fraction: float = 0.25
+  nms_strict: bool = True
+
+  def setup(self):
+    self.feature_extractor = BoxFeatureExtractor(self.mlp_head_dim)
+    self.predictor = BoxPredictor(self.num_classes)
+
+  def __call__(self, features, rois, feature_hws):
+    """features: per level [N, h, w, C]; rois [N, R, 4]; feature_hws: per level [N, 2].
+
+    Returns (fc7 features [N, R, D], class_logits [N, R, classes], box_regression [N, R, 4*classes]).
+    """
+    pooled = jax.vmap(
+        lambda f, b, hw: pool_rois(f, b, self.pooler_scales, self.pooler_resolution,
+                                   self.pooler_sampling_ratio, hw),
+    )(list(features[:len(self.pooler_scales)]), rois, list(feature_hws[:len(self.pooler_scales)]))
+    n, r = rois.shape[:2]
+    x = self.feature_extractor(pooled.reshape((n * r,) + pooled.shape[2:]))
+    logits, regression = self.predictor(x)
+    return (x.reshape(n, r, -1), logits.reshape(n, r, -1), regression.reshape(n, r, -1))
+
+  def postprocess(self, class_logits, box_regression, proposals, proposals_valid, resized_hw):
+    """Batched detections, see `detections_for_image`."""
+    fn = lambda lg, rg, p, v, hw: detections_for_image(
+        lg, rg, p, v, hw, self.bbox_reg_weights, self.score_thresh, self.nms_thresh,
+        self.detections_per_img, self.max_detections, self.nms_strict)
+    return jax.vmap(fn)(class_logits, box_regression, proposals, proposals_valid, resized_hw)
+
+
+def detections_for_image(class_logits, box_regression, proposals, proposals_valid, resized_hw,
+                         weights, score_thresh, nms_thresh, detections_per_img, max_detections,
+                         nms_strict=True):
+  """One image's detections in the original's order.
+
+  Args:
+    class_logits: [R, C]; box_regression: [R, 4C]; proposals: [R, 4]; proposals_valid: [R].
+    resized_hw: [2] int32 (h', w').
+  Returns:
+    dict of `boxes` [D, 4] (resized-image pixels), `scores` [D], `labels` [D] int32
+    (contiguous 1..C-1), `valid` [D] bool, `num` scalar; D = max_detections.
+  """
+  r, c = class_logits.shape
+  prob = jax.nn.softmax(class_logits, axis=-1)
+  boxes = decode_boxes(box_regression, proposals, weights).reshape(r, c, 4)
+  boxes = box_ops.clip_boxes(boxes, resized_hw[0], resized_hw[1])
+  cand = (prob > jnp.float32(score_thresh)) & proposals_valid[:, None]  # [R, C]
+  # Class-wise NMS for classes 1..C-1, each over all R proposals in proposal order.
+  cls_boxes = jnp.transpose(boxes[:, 1:], (1, 0, 2))  # [C-1, R, 4]
+  cls_scores = prob[:, 1:].T  # [C-1, R]
+  cls_cand = cand[:, 1:].T
+  keep = jax.vmap(lambda b, s, v: nms_mask(b, s, v, nms_thresh, nms_strict))(
+      cls_boxes, cls_scores, cls_cand)  # [C-1, R]
+  flat_keep = keep.reshape(-1)  # class-major, then proposal order
+  flat_scores = cls_scores.reshape(-1)
+  total = jnp.sum(flat_keep)
+  # kthvalue rule: if more than detections_per_img, keep score >= the k-th largest (ties kept).
+  k = min(detections_per_img, flat_keep.shape[0])
+  kth = jax.lax.top_k(jnp.where(flat_keep, flat_scores, -jnp.inf), k)[0][k - 1]
+  final = flat_keep & ((total <= detections_per_img) | (flat_scores >= kth))
+  num = jnp.sum(final)
+  (idx,) = jnp.nonzero(final, size=max_detections, fill_value=0)
+  valid = jnp.arange(max_detections) < num
+  label = (idx // r + 1).astype(jnp.int32)
+  prop = idx % r
+  det_boxes = cls_boxes.reshape(-1, 4)[idx]
+  return dict(boxes=jnp.where(valid[:, None], det_boxes, 0.0),
+              scores=jnp.where(valid, flat_scores[idx], 0.0),
+              labels=jnp.where(valid, label, 0),
+              proposal_index=jnp.where(valid, prop, -1),
+              valid=valid, num=num)
