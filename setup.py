@@ -23,6 +23,7 @@ TEST_REQUIRES = [
     "pytest-xdist>=3",
     "hotcoco==1.3.0",
     "torch==2.13.0",
+    "pyyaml>=6",  # tests/test_configs.py reads the original's merged YAML dumps
 ]
 
 setup(

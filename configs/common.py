@@ -36,11 +36,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # A converted (python -m convert) or trained orbax checkpoint directory to start from.
   config.init_checkpoint = ""
-  # The original YAML this config reproduces (documentation and config tests).
+  # The original YAML this config reproduces, the weights it started from (MODEL.WEIGHT) and its
+  # OUTPUT_DIR: documentation, and what the config tests compare against.
   config.original_yaml = "e2e_panoptic_rcnn_R_50_FPN_1x.yaml"
+  config.original_weight = "catalog://ImageNetPretrained/MSRA/R-50"
+  config.original_output_dir = "output_coco_panoptic_R_50/"
+  # Modes run in this order when `--mode` is not given on the command line.
+  config.modes = ("train",)
 
   # ---------------------------------------------------------------- model
   config.model = ml_collections.ConfigDict()
+  # NMS comparison: 'cuda' suppresses on IoU > thr (the original's reference device), 'cpu' on
+  # IoU >= thr (its CPU kernel, which the fixtures were made with) (SPEC §2.10, §11.13).
+  config.model.nms_compare = "cuda"
   fpn_channels = ml_collections.FieldReference(256)
 
   config.model.backbone = dict(
@@ -168,6 +176,8 @@ def get_config() -> ml_collections.ConfigDict:
       eval_split="val2017",
       max_instances=100,            # static GT instance slots per image
       shuffle_buffer=1000,
+      # The built-in dataset (data.name 'synthetic'), generated into data_dir when absent.
+      synthetic=dict(num_train=64, num_val=16, image_size=256, seed=0),
   )
   config.predict = dict(
       images="",                    # file, folder or glob pattern

@@ -1,0 +1,59 @@
+"""The two building blocks the 12 original configs differ by: the backbone and the training stage.
+
+SPEC §1.4: every original YAML is `common.get_config()` plus one backbone row and, for the
+relation and OCFusion finetunes, the stage-2 schedule (SPEC §6.2). The per-config files call these
+two functions and then name their YAML, start weights and output folder explicitly.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# CONV_BODY + RESNETS values per backbone name of the original README (SPEC §1.4 "G/W/S1", "DCN").
+BACKBONES = {
+    "R-50": dict(depth=50, num_groups=1, width_per_group=64, stride_in_1x1=True,
+                 stage_with_dcn=(False, False, False, False)),
+    "R-101": dict(depth=101, num_groups=1, width_per_group=64, stride_in_1x1=True,
+                  stage_with_dcn=(False, False, False, False)),
+    "X-101-32x8d": dict(depth=101, num_groups=32, width_per_group=8, stride_in_1x1=False,
+                        stage_with_dcn=(False, False, False, False)),
+    "X-152-32x8d": dict(depth=152, num_groups=32, width_per_group=8, stride_in_1x1=False,
+                        stage_with_dcn=(False, False, False, False)),
+    # DCNv1 (WITH_MODULATED_DCN False) in res3..res5, one deformable group.
+    "X-152-32x8d-DCN": dict(depth=152, num_groups=32, width_per_group=8, stride_in_1x1=False,
+                            stage_with_dcn=(False, True, True, True)),
+}
+
+# Fusion thresholds of the finetune YAMLs: RAP 0.6/0.6, OCFusion 0.5/0.5 (LARGE_OVERLAP 0.5 always).
+_FUSION_THRESHOLDS = {"rap": (0.6, 0.6), "ocfusion": (0.5, 0.5)}
+
+
+def set_backbone(config: ml_collections.ConfigDict, name: str) -> None:
+  """Sets `config.model.backbone` to the original backbone `name` (a key of BACKBONES)."""
+  if name not in BACKBONES:
+    raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+  config.model.backbone.update(BACKBONES[name])
+  config.model.backbone.deformable_groups = 1
+
+
+def relation_finetune(config: ml_collections.ConfigDict, kind: str) -> None:
+  """Turns a stage-1 config into its stage-2 finetune (SPEC §6.2).
+
+  Only the relation head (`kind` 'rap' or 'ocfusion') is trained, for 10k iterations that continue
+  the stage-1 count (150001..160000) at a constant LR 0.002 (no warmup; the single decay step at
+  155000 is never reached by the original because its scheduler restarts at 0). Fusion becomes the
+  head's own method with the YAML's CONFIDENCE_THR / OVERLAP_THR.
+  """
+  if kind not in _FUSION_THRESHOLDS:
+    raise ValueError(f"relation kind must be one of {sorted(_FUSION_THRESHOLDS)}, got {kind!r}")
+  config.model.roi_heads.relation.kind = kind
+  config.fusion.method = kind
+  config.fusion.confidence_thr, config.fusion.overlap_thr = _FUSION_THRESHOLDS[kind]
+  config.fusion.large_overlap_thr = 0.5
+  t = config.train
+  t.stage = 2
+  t.base_lr = 0.002
+  t.steps = (155000,)
+  t.max_iter = 160000
+  t.start_iter = 150000
+  t.warmup_iters = 0
+  t.checkpoint_period = 5000
