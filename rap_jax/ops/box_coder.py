@@ -1,7 +1,9 @@
 """Box encoding/decoding of maskrcnn-benchmark's `BoxCoder` (SPEC §2.4), "+1" convention.
 
-Operation order and float32 arithmetic follow `modeling/box_coder.py` line by line, so decoded
-boxes match the original bit for bit where the inputs do.
+Operation order and float32 arithmetic follow `modeling/box_coder.py` line by line. Under jit,
+XLA contracts `a*b + c` into fused multiply-adds and turns division by a constant into a multiply
+by its reciprocal, so results can differ from the original in the last bit (tests/test_ops_boxes.py
+bounds it: 4 ulps of the largest term).
 """
 from __future__ import annotations
 

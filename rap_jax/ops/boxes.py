@@ -55,5 +55,5 @@ def nonempty_boxes(boxes: jnp.ndarray) -> jnp.ndarray:
 
 def scale_boxes(boxes: jnp.ndarray, ratio_w, ratio_h) -> jnp.ndarray:
   """`BoxList.resize`: multiply x by ratio_w and y by ratio_h (float32 products)."""
-  r = jnp.stack([ratio_w, ratio_w, ratio_h, ratio_h], axis=-1).astype(jnp.float32)
+  r = jnp.stack([ratio_w, ratio_h, ratio_w, ratio_h], axis=-1).astype(jnp.float32)
   return boxes * r[..., None, :] if r.ndim > 1 else boxes * r

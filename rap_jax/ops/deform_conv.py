@@ -34,6 +34,10 @@ def _sample_columns(x, dy, dx, base_y, base_x, height, width):
   flat = x.reshape(hc * wc, c)
 
   def corner(yi, xi, ok):
+    # The kernel's tests plus the bounds they imply for samples inside (-1, H) x (-1, W): the
+    # same values there, and masked-out samples never read the canvas beyond the valid map
+    # (whose NaN/inf would otherwise turn the zero cotangent of `where` into NaN gradients).
+    ok = ok & (yi >= 0) & (yi <= height - 1) & (xi >= 0) & (xi <= width - 1)
     idx = jnp.clip(yi, 0, hc - 1) * wc + jnp.clip(xi, 0, wc - 1)
     return jnp.where(ok[..., None], flat[idx], 0.0)
 

@@ -5,7 +5,9 @@ about its centre by (M+2)/M in float32, truncate it to int32, bilinearly resize 
 (align_corners=False, PyTorch formula) to the box size (w, h) = (x2-x1+1, y2-y1+1) (>= 1),
 threshold `> 0.5`, and paste the window that falls inside the image. Here every instance is
 evaluated directly on a static output canvas: pixel (y, x) reads the resized map at
-(y - y1, x - x1) if that lies in the box window, so the result equals the original pixel for pixel.
+(y - y1, x - x1) if that lies in the box window. This equals the original pixel for pixel except
+where the interpolated value is within an ulp or two of the threshold (XLA's fused multiply-adds
+change the last bit; tests/test_ops_masks.py bounds it).
 """
 from __future__ import annotations
 

@@ -37,7 +37,9 @@ def source_coords_at(dst: jnp.ndarray, in_size, out_size, align_corners: bool):
     scale = jnp.where(out_size > 1, (in_f - 1.0) / jnp.maximum(out_f - 1.0, 1.0), 0.0)
     src = scale * dst
   else:
-    scale = in_f / jnp.maximum(out_f, 1.0)
+    # PyTorch 1.0 (`linear_upsampling_compute_scale`) uses scale 0 for out == 1 in both modes
+    # (src = 0: the first row/col); modern PyTorch (2.x) uses in/out (the centre of the input).
+    scale = jnp.where(out_size > 1, in_f / jnp.maximum(out_f, 1.0), 0.0)
     src = jnp.maximum(scale * (dst + jnp.float32(0.5)) - jnp.float32(0.5), 0.0)
   # Equal sizes are an exact copy in PyTorch; the formula gives src == dst exactly then.
   src = jnp.where(in_size == out_size, dst, src)
