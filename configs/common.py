@@ -49,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   # NMS comparison: 'cuda' suppresses on IoU > thr (the original's reference device), 'cpu' on
   # IoU >= thr (its CPU kernel, which the fixtures were made with) (SPEC §2.10, §11.13).
   config.model.nms_compare = "cuda"
+  # Matmul/conv precision on accelerators ('highest' = true float32, needed to reproduce the
+  # original; 'default' lets GPUs use TF32 / TPUs bf16 passes for speed).
+  config.model.matmul_precision = "highest"
   fpn_channels = ml_collections.FieldReference(256)
 
   config.model.backbone = dict(

@@ -173,4 +173,4 @@ def init_variables(config, rng) -> dict:
   model = PanopticRCNN.from_config(config.model)
   images = jnp.zeros((1, 64, 64, 3), jnp.float32)
   hw = jnp.asarray([[64, 64]], jnp.int32)
-  return model.init(rng, images, hw, hw)
+  return jax.jit(model.init)(rng, images, hw, hw)
