@@ -147,6 +147,11 @@ def get_config() -> ml_collections.ConfigDict:
       # per-image valid extents), only compile time and speed do.
       canvas_sizes=((800, 1344), (1344, 800), (1344, 1344)),
       flip_prob=0.5,
+      # Training semantic labels: 'bilinear' reproduces the original's accidental cv2 bilinear
+      # resize of label maps (SPEC §11.15); 'nearest' is the fix.
+      semantic_label_resize="bilinear",
+      train_image_resize="tf",      # 'tf' (fast) | 'pil' (the original's PIL bilinear)
+      eval_image_resize="pil",      # eval reproduces the original's test transform exactly
   )
 
   # ---------------------------------------------------------------- post-processing
@@ -177,6 +182,9 @@ def get_config() -> ml_collections.ConfigDict:
       data_dir="datasets/coco",
       train_split="train2017",
       eval_split="val2017",
+      tfds_dir="",                  # prepared TFRecords; '' = <data_dir>/tfds
+      # Training masks in the batch: 'packed' (bits, 8x smaller), 'canvas' (uint8) or 'none'.
+      mask_format="packed",
       max_instances=100,            # static GT instance slots per image
       shuffle_buffer=1000,
       # The built-in dataset (data.name 'synthetic'), generated into data_dir when absent.
