@@ -139,7 +139,8 @@ class Predictor:
     occlusion = out.get("occlusion")
     fused = fusion_ops.fuse_with_settings(
         self.fusion_cfg, post["masks"], out["det_scores"], labels_coco, post["semantic"],
-        valid=out["det_valid"], relation=relation, occlusion=occlusion, batched=True)
+        valid=out["det_valid"], relation=relation, occlusion=occlusion,
+        mask_windows=post["mask_windows"], batched=True)
     result = dict(boxes=post["boxes"], boxes_resized=out["det_boxes"], masks=post["masks"],
                   semantic=post["semantic"],
                   scores=out["det_scores"], labels=labels_coco,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rap_jax.ops.masks import paste_masks
+from rap_jax.ops.masks import paste_masks, paste_windows
 from rap_jax.ops.resize import resize_bilinear
 
 
@@ -64,15 +64,18 @@ def postprocess_image(outputs: dict, padded_hw, resized_hw, original_hw, ratios,
     padded_hw, resized_hw, original_hw: [2] int32; ratios: [2] float32 (H/h', W/w').
     out_hw: static output canvas.
   Returns:
-    dict: `boxes` [D, 4] original pixels, `masks` [D, Ho, Wo] bool, `semantic` [Ho, Wo] int32.
+    dict: `boxes` [D, 4] original pixels, `masks` [D, Ho, Wo] bool, `mask_windows` [D, 4]
+    int32 (y0, x0, y1, x1) bounds of every True mask pixel, `semantic` [Ho, Wo] int32.
   """
   boxes = boxes_to_original(outputs["det_boxes"], ratios)
   masks = paste_masks(outputs["mask_probs"], boxes, out_hw, original_hw[0], original_hw[1],
                       mask_threshold, mask_padding)
   masks = masks & outputs["det_valid"][:, None, None]
+  windows = paste_windows(boxes, original_hw[0], original_hw[1], outputs["mask_probs"].shape[-1],
+                          mask_padding)
   semantic = semantic_segmentation(outputs["semantic_logits"], padded_hw, resized_hw,
                                    original_hw, out_hw, crop_padding)
-  return dict(boxes=boxes, masks=masks, semantic=semantic)
+  return dict(boxes=boxes, masks=masks, mask_windows=windows, semantic=semantic)
 
 
 def postprocess_batch(outputs: dict, padded_hw, resized_hw, original_hw, ratios,

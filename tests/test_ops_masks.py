@@ -168,3 +168,23 @@ def test_disable_jit():
   assert not out[:, 37:].any() and not out[:, :, 45:].any()
   assert paste_masks(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4), np.float32),
                      (24, 32), 20, 30).shape == (0, 24, 32)
+
+
+def test_paste_windows_contain_every_pasted_pixel():
+  """The windows handed to the fusion hold every True pixel (else its results are wrong)."""
+  import jax.numpy as jnp
+  from rap_jax.ops.masks import paste_masks, paste_windows
+  rng = np.random.default_rng(5)
+  k, h, w = 64, 48, 64
+  probs = rng.uniform(0, 1, (k, 28, 28)).astype(np.float32)
+  c = rng.uniform(-20, 80, (k, 2))
+  size = rng.uniform(-3, 60, (k, 2))
+  boxes = np.concatenate([c, c + size], 1).astype(np.float32)
+  masks = np.asarray(paste_masks(jnp.asarray(probs), jnp.asarray(boxes), (h, w), h, w))
+  win = np.asarray(paste_windows(jnp.asarray(boxes), h, w))
+  for i in range(k):
+    y0, x0, y1, x1 = win[i]
+    assert 0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w
+    inside = np.zeros((h, w), bool)
+    inside[y0:y1, x0:x1] = True
+    assert not (masks[i] & ~inside).any(), i

@@ -51,6 +51,23 @@ def _paste_one(mask: jnp.ndarray, box: jnp.ndarray, out_hw: tuple[int, int], ima
   return (val > jnp.float32(threshold)) & row_in[:, None] & col_in[None, :]
 
 
+def paste_windows(boxes: jnp.ndarray, image_h, image_w, mask_size: int = 28,
+                  padding: int = 1) -> jnp.ndarray:
+  """[K, 4] int32 (y0, x0, y1, x1) half-open bounds holding every pixel `paste_masks` can set.
+
+  The pasted window of a box is rows [max(y1, 0), min(y2 + 1, H)) and columns likewise, with
+  (x1, y1, x2, y2) the int32 expanded box, clamped into the image (empty when the box is
+  degenerate or outside).
+  """
+  scale = float(mask_size + 2 * padding) / mask_size
+  exp = expand_boxes(boxes.astype(jnp.float32), scale).astype(jnp.int32)
+  y0 = jnp.clip(exp[:, 1], 0, image_h)
+  x0 = jnp.clip(exp[:, 0], 0, image_w)
+  y1 = jnp.maximum(jnp.minimum(exp[:, 3] + 1, image_h), y0)
+  x1 = jnp.maximum(jnp.minimum(exp[:, 2] + 1, image_w), x0)
+  return jnp.stack([y0, x0, y1, x1], axis=1)
+
+
 def paste_masks(masks: jnp.ndarray, boxes: jnp.ndarray, out_hw: tuple[int, int], image_h,
                 image_w, threshold: float = 0.5, padding: int = 1,
                 chunk: int = 16) -> jnp.ndarray:
