@@ -5,8 +5,11 @@
 Generates (once; reused when --data-dir already holds a set of the same size) N synthetic GT /
 prediction pairs of HxW with ~S segments (`rap_jax/reference/pq.py::write_dataset`: stuff bands,
 things, thin lines, crowd, VOID, shifted / dropped / split predictions), then times each
-implementation `--repeats` times in this process (wall clock and CPU seconds including worker
-processes), checks that all return the same numbers, and prints medians and ratios.
+implementation `--repeats` times in this process, round robin (wall clock, and CPU seconds of this
+process, its threads and its finished worker processes), checks that all return the same numbers,
+and prints medians and ratios to hotcoco. hotcoco runs on all CPUs (rayon; RAYON_NUM_THREADS
+limits it), ours on `--workers` processes (default: all CPUs). On a machine shared with other
+work, the CPU-time ratios are the steadier comparison.
 """
 from __future__ import annotations
 
@@ -23,19 +26,23 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rap_jax.data.categories import categories_json  # noqa: E402
-from rap_jax.metrics import pq  # noqa: E402
+from rap_jax.metrics import pq, pq_io  # noqa: E402
 from rap_jax.reference import pq as ref  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):
-  """(result, wall seconds, CPU seconds of this process and its finished children)."""
-  t0, c0 = time.perf_counter(), os.times()
+  """(result, wall seconds, CPU seconds of this process, its threads and its finished children)."""
+  t0, p0, c0 = time.perf_counter(), time.process_time(), os.times()
   with contextlib.redirect_stdout(io.StringIO()):
     result = fn(*args, **kwargs)
   c1 = os.times()
-  cpu = (c1.user - c0.user) + (c1.system - c0.system)
+  cpu = time.process_time() - p0
   cpu += (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
   return result, time.perf_counter() - t0, cpu
+
+
+def ratio(a: float, b: float) -> float:
+  return a / b if b > 0 else float("nan")
 
 
 def max_difference(a: dict, b: dict, absent_b: float = 0.0) -> float:
@@ -83,6 +90,7 @@ def main() -> None:
   parser.add_argument("--data-dir", default=None, help="where the synthetic set lives (reused)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--workers", type=int, default=None, help="ours: processes (default all)")
+  parser.add_argument("--no-single", action="store_true", help="skip ours with 1 worker")
   parser.add_argument("--reference-repeats", type=int, default=1,
                       help="the reference loop is slow: fewer repeats (0 = skip)")
   parser.add_argument("--output", default="benchmarks/bench_pq.json")
@@ -91,49 +99,71 @@ def main() -> None:
   paths = dataset(args)
   files = (paths["gt_json"], paths["pred_json"], paths["gt_folder"], paths["pred_folder"])
   workers = args.workers or pq.default_workers()
-  runs = {
-      f"rap_jax ({workers} workers)": (lambda: pq.pq_compute(*files, workers=workers), args.repeats),
-      "rap_jax (1 worker)": (lambda: pq.pq_compute(*files, workers=1), args.repeats),
-  }
+  ours = f"rap_jax ({workers} workers)"
+  runs = {ours: (lambda: pq.pq_compute(*files, workers=workers), args.repeats)}
+  if not args.no_single and workers != 1:
+    runs["rap_jax (1 worker)"] = (lambda: pq.pq_compute(*files, workers=1), args.repeats)
+  hotcoco_name = None
   try:
     from hotcoco.panoptic import pq_compute as hotcoco_pq
     import hotcoco
-    runs[f"hotcoco {hotcoco.__version__}"] = (lambda: hotcoco_pq(*files), args.repeats)
+    # hotcoco runs images on rayon's pool: RAYON_NUM_THREADS, else one thread per CPU.
+    threads = os.environ.get("RAYON_NUM_THREADS") or f"{pq.default_workers()} (all CPUs)"
+    hotcoco_name = f"hotcoco {hotcoco.__version__}"
+    runs[hotcoco_name] = (lambda: hotcoco_pq(*files), args.repeats)
   except ImportError:
+    threads = None
     print("hotcoco not installed: skipped")
   if args.reference_repeats > 0:
     runs["reference loop"] = (lambda: ref.pq_compute(*files), args.reference_repeats)
 
   report = {"config": {**vars(args), "workers": workers, "cpus": pq.default_workers(),
-                       "load_average": os.getloadavg()}, "runs": {}}
+                       "hotcoco_threads": threads,
+                       "decoders": list(pq_io.process_reader().decoders),
+                       "load_average_before": os.getloadavg()}, "runs": {}}
+  # Round robin (A B C A B C ...): a change of machine load hits every implementation alike.
+  walls: dict[str, list[float]] = {name: [] for name in runs}
+  cpus: dict[str, list[float]] = {name: [] for name in runs}
   results = {}
-  for name, (fn, repeats) in runs.items():
-    walls, cpus = [], []
-    for _ in range(repeats):
+  for r in range(max(repeats for _, repeats in runs.values())):
+    for name, (fn, repeats) in runs.items():
+      if r >= repeats:
+        continue
       result, wall, cpu = timed(fn)
-      walls.append(wall)
-      cpus.append(cpu)
-      print(f"{name:28s} wall {wall:8.2f} s   cpu {cpu:8.2f} s", flush=True)
-    results[name] = result
-    report["runs"][name] = {"wall_s": walls, "cpu_s": cpus, "median_wall_s": statistics.median(walls),
-                            "median_cpu_s": statistics.median(cpus),
-                            "ms_per_image_wall": 1e3 * statistics.median(walls) / args.images,
-                            "PQ": result["All"]["pq"]}
-  ours = next(iter(results))
-  for name, result in results.items():
-    report["runs"][name]["max_abs_difference_to_ours"] = max_difference(
-        results[ours], result, absent_b=-1.0 if name.startswith("hotcoco") else 0.0)
+      walls[name].append(wall)
+      cpus[name].append(cpu)
+      results[name] = result
+      print(f"{name:28s} wall {wall:8.2f} s   cpu {cpu:8.2f} s   load {os.getloadavg()[0]:4.1f}",
+            flush=True)
+  report["config"]["load_average_after"] = os.getloadavg()
+  for name in runs:
+    report["runs"][name] = {
+        "wall_s": walls[name], "cpu_s": cpus[name],
+        "median_wall_s": statistics.median(walls[name]),
+        "median_cpu_s": statistics.median(cpus[name]),
+        "ms_per_image_wall": 1e3 * statistics.median(walls[name]) / args.images,
+        "ms_per_image_cpu": 1e3 * statistics.median(cpus[name]) / args.images,
+        "PQ": results[name]["All"]["pq"],
+        "max_abs_difference_to_ours": max_difference(
+            results[ours], results[name], absent_b=-1.0 if name == hotcoco_name else 0.0)}
+  base = report["runs"][hotcoco_name or ours]
+  for r in report["runs"].values():
+    r["wall_ratio_to_hotcoco" if hotcoco_name else "wall_ratio_to_ours"] = ratio(
+        r["median_wall_s"], base["median_wall_s"])
+    r["cpu_ratio_to_hotcoco" if hotcoco_name else "cpu_ratio_to_ours"] = ratio(
+        r["median_cpu_s"], base["median_cpu_s"])
 
-  base = report["runs"][ours]["median_wall_s"]
   print(f"\n{args.images} images of {args.height}x{args.width}, ~{args.segments} segments, "
-        f"{pq.default_workers()} CPUs, load average {os.getloadavg()[0]:.1f}")
-  print(f"{'implementation':28s} {'median wall s':>14s} {'median cpu s':>13s} {'ms/image':>9s} "
-        f"{'wall / ours':>12s} {'max |diff|':>11s}")
+        f"{pq.default_workers()} CPUs, load average {report['config']['load_average_before'][0]:.1f}"
+        f" before, {report['config']['load_average_after'][0]:.1f} after; decoders "
+        f"{'+'.join(report['config']['decoders'])}; hotcoco threads: {threads}")
+  against = "hotcoco" if hotcoco_name else "ours"
+  print(f"{'implementation':28s} {'median wall s':>14s} {'median cpu s':>13s} {'cpu ms/img':>11s} "
+        f"{'wall/' + against:>13s} {'cpu/' + against:>12s} {'max |diff|':>11s}")
   for name, r in report["runs"].items():
-    r["wall_ratio_to_ours"] = r["median_wall_s"] / base
     print(f"{name:28s} {r['median_wall_s']:14.2f} {r['median_cpu_s']:13.2f} "
-          f"{r['ms_per_image_wall']:9.2f} {r['wall_ratio_to_ours']:12.2f} "
-          f"{r['max_abs_difference_to_ours']:11.1e}")
+          f"{r['ms_per_image_cpu']:11.2f} {r[f'wall_ratio_to_{against}']:13.2f} "
+          f"{r[f'cpu_ratio_to_{against}']:12.2f} {r['max_abs_difference_to_ours']:11.1e}")
   print(pq.format_table(results[ours]))
   if args.output:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

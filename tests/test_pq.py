@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from rap_jax.data.categories import categories_json
-from rap_jax.metrics import pq
+from rap_jax.metrics import pq, pq_io
 from rap_jax.reference import pq as ref
 
 SMALL_CATS = [{"id": i, "name": f"thing{i}", "isthing": 1} for i in (1, 2, 3, 5, 8, 13)] + [
@@ -104,12 +104,11 @@ def test_workers_and_accumulator_are_bitwise_equal(random_sets):
   assert acc.result() == serial
 
 
-def test_unique_fallback_and_binary_search_relabel(random_sets, monkeypatch):
+def test_unique_fallback_for_large_joint_histograms(random_sets, monkeypatch):
   paths = random_sets[2]
   args = (paths["gt_json"], paths["pred_json"], paths["gt_folder"], paths["pred_folder"])
   dense = pq.pq_compute(*args, workers=1, verbose=False)
   monkeypatch.setattr(pq, "_MAX_DENSE_BINS", 0)
-  monkeypatch.setattr(pq._Relabeller, "__call__", lambda self, ids, seg: pq._relabel_sorted(ids, seg))
   assert pq.pq_compute(*args, workers=1, verbose=False) == dense
 
 
@@ -321,3 +320,83 @@ def test_png_reader_matches_pillow(tmp_path):
   assert (pq.read_panoptic_png(path) == ids).all()
   assert (pq.id_to_rgb(ids) == ref.ids_to_rgb(ids)).all()
   assert (pq.rgb_to_id(ref.ids_to_rgb(ids)) == ids).all()
+
+
+DECODER_SETS = [("libdeflate", "pyspng"), ("pyspng",), ("libdeflate", "cv2"), ("cv2",), ()]
+
+
+def test_png_decoders_agree(tmp_path):
+  """Every decoder path (libdeflate re-wrap, pyspng, OpenCV, Pillow) gives Pillow's ids."""
+  rng = np.random.default_rng(1)
+  blocks = np.kron(rng.integers(0, 2 ** 24, (6, 8)), np.ones((9, 9), np.int64))[:50, :70]
+  noise = rng.integers(0, 2 ** 24, (33, 41))
+  large = np.kron(blocks, np.ones((4, 4), np.int64))  # uncompressed: several IDAT chunks
+  files = []
+  for k, ids in enumerate((blocks, noise, blocks[:1, :1], blocks[:1], blocks[:, :1], large)):
+    rgb = ref.ids_to_rgb(ids)
+    for name, image, kwargs in (
+        ("rgb", Image.fromarray(rgb), {}),
+        ("rgb_fast", Image.fromarray(rgb), {"compress_level": 1}),
+        ("rgb_big_idat", Image.fromarray(rgb), {"compress_level": 0}),
+        ("rgba", Image.fromarray(np.dstack([rgb, rng.integers(0, 256, ids.shape, np.uint8)])), {}),
+        ("interlaced", Image.fromarray(rgb), {"interlace": 1}) if k == 0 else (None, None, None),
+        ("palette", Image.fromarray(rgb).quantize(7), {}) if k == 0 else (None, None, None),
+        ("grey", Image.fromarray(rgb[..., 1]), {}) if k == 0 else (None, None, None)):
+      if name is not None:
+        files.append(str(tmp_path / f"{k}_{name}.png"))
+        image.save(files[-1], **kwargs)
+  assert open(files[-2], "rb").read().count(b"IDAT") > 1  # large, compress_level 0
+  readers = [pq.PngIdReader(use) for use in DECODER_SETS]
+  assert readers[0].decoders[:2] == ("pyspng", "libdeflate") or "libdeflate" not in readers[0].decoders
+  assert [r.decoders for r in readers[3:]] == [("cv2", "pillow"), ("pillow",)]
+  for path in files:
+    expected = pq.read_png_pil(path)
+    for reader in readers:
+      for slot in (0, 1, 0):
+        got = reader(path, slot=slot)
+        assert got.dtype == np.uint32 and (got == expected).all(), (path, reader.decoders)
+
+
+def test_png_decoders_report_bad_files(tmp_path):
+  good = str(tmp_path / "good.png")
+  Image.fromarray(ref.ids_to_rgb(np.arange(64 * 48).reshape(48, 64))).save(good)
+  data = open(good, "rb").read()
+  bad = str(tmp_path / "bad.png")
+  for broken in (data[:len(data) // 2], data[:60] + bytes(len(data) - 60), b"not a png"):
+    open(bad, "wb").write(broken)
+    for use in DECODER_SETS:
+      with pytest.raises(ValueError, match="cannot decode PNG .*bad.png"):
+        pq.PngIdReader(use)(bad)
+
+
+def test_pyspng_import_failure_falls_back(random_sets, monkeypatch):
+  """Without pyspng (or libdeflate, or OpenCV too), the same numbers, bit for bit."""
+  paths = random_sets[1]
+  args = (paths["gt_json"], paths["pred_json"], paths["gt_folder"], paths["pred_folder"])
+  fast = pq.pq_compute(*args, workers=1, verbose=False)
+  monkeypatch.setattr(pq_io._Libdeflate, "load", classmethod(lambda cls: None))
+  for missing, decoders in ((["pyspng"], ("cv2", "pillow")), ([], ("pyspng", "pillow")),
+                            (["pyspng", "cv2"], ("pillow",))):
+    with monkeypatch.context() as m:
+      for module in missing:
+        m.setitem(sys.modules, module, None)  # import raises ImportError
+      m.setattr(pq_io, "_READER", None)
+      assert pq_io.process_reader().decoders == decoders
+      assert pq.pq_compute(*args, workers=1, verbose=False) == fast
+
+
+def test_runs_of_odd_shapes_and_layouts():
+  rng = np.random.default_rng(5)
+  gt = rng.integers(1, 4, (9, 11))
+  pred = rng.integers(5, 8, (9, 11))
+  gt_segs = [{"id": i, "category_id": 1 + i % 3, "iscrowd": 0} for i in (1, 2, 3)]
+  pred_segs = [{"id": i, "category_id": 1 + (i - 4) % 3} for i in (5, 6, 7)]
+  expected = stat_of(gt, gt_segs, pred, pred_segs).stat
+  for g, p in ((gt.T.copy().T, pred.T.copy().T), (gt.astype(np.uint8), pred.astype(np.uint16)),
+               (np.asfortranarray(gt), pred[:, ::-1][:, ::-1])):
+    got = stat_of(g, gt_segs, p, pred_segs).stat
+    assert all((getattr(got, k) == getattr(expected, k)).all() for k in ("tp", "fp", "fn", "iou"))
+  one = stat_of(np.array([[2]]), gt_segs[1:2], np.array([[6]]), pred_segs[1:2]).stat
+  assert one.tp.tolist() == [0, 0, 1] and one.iou.tolist() == [0.0, 0.0, 1.0]
+  empty = stat_of(np.zeros((0, 4), int), [], np.zeros((0, 4), int), []).stat
+  assert empty.tp.sum() == empty.fp.sum() == empty.fn.sum() == 0

@@ -1,7 +1,8 @@
 """rap_jax/metrics: host-side (numpy) evaluation.
 
 * `pq`: panoptic quality with panopticapi's semantics (SPEC §8): `pq_compute` over files,
-  `PQAccumulator` in memory, and ``python -m rap_jax.metrics.pq``.
+  `PQAccumulator` in memory, and ``python -m rap_jax.metrics.pq``; PNG reading, the report and
+  the command line are in `pq_io` (re-exported by `pq`).
 * `coco_ap`: box and mask AP through pycocotools' COCOeval.
 * `relation_accuracy`: the relation-order diagnostic of SPEC §5.5.
 

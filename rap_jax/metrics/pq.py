@@ -1,9 +1,10 @@
 """Panoptic quality (PQ, SQ, RQ) with panopticapi's semantics (SPEC §8), vectorised.
 
-Per image, both id maps are relabelled to small indices (0 = id absent from the JSON, 1 = VOID,
-2.. = segments in ascending id) through a reused 2^24-entry lookup table, and one `bincount` of
-``gt_index * num_pred + pred_index`` gives every (GT, prediction) intersection. Matching, crowd
-and VOID rules then work on the few non-zero pairs:
+Per image, the two id maps are cut into row-major runs of a constant (GT id, prediction id) pair
+(two comparisons per pixel; ~60x fewer runs than pixels), run ids are relabelled to small indices
+(0 = id absent from the JSON, 1 = VOID, 2.. = segments in ascending id) and one weighted
+`bincount` of ``gt_index * num_pred + pred_index`` gives every (GT, prediction) intersection.
+Matching, crowd and VOID rules then work on the few non-zero pairs:
 
 * TP: same category, GT not crowd, ``IoU > 0.5`` with ``union = |p| + |g| - |p∩g| - |p∩VOID|``;
   IoU summed per category. GT areas come from the GT JSON ``area`` (the PNG count if absent).
@@ -14,11 +15,14 @@ and VOID rules then work on the few non-zero pairs:
   FN/2)``; categories with ``TP + FP + FN = 0`` are left out of the All / Things / Stuff averages.
 
 Entry points: `pq_compute` (panopticapi's signature and result; files, a process pool over
-images, memory independent of the number of images), `PQAccumulator` (in-memory id maps, used by
-eval mode, the same per-image core) and the command line::
+chunks of images, memory independent of the number of images), `PQAccumulator` (in-memory id
+maps, used by eval mode, the same per-image core) and the command line::
 
     python -m rap_jax.metrics.pq --gt-json G --gt-folder GF --pred-json P --pred-folder PF \\
         [--output out.json] [--workers N]
+
+PNG decoding, the report and the command line live in `rap_jax.metrics.pq_io`; their public
+names are importable from here too.
 
 Where panopticapi has no defined behaviour we say so: a group without any counted category
 (e.g. no stuff at all) reports 0.0 with ``n = 0`` (panopticapi divides by zero; hotcoco reports
@@ -28,27 +32,31 @@ segment).
 """
 from __future__ import annotations
 
-import argparse
+import collections
 import concurrent.futures
+import ctypes
 import dataclasses
 import json
-import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from rap_jax.metrics import pq_io
+from rap_jax.metrics.pq_io import (PngIdReader, format_table, id_to_rgb, read_panoptic_png,  # noqa: F401
+                                   read_png_pil, results_json, rgb_to_id)
+
 OFFSET = 256 * 256 * 256  # ids are 24 bit (R + 256 G + 65536 B)
 VOID = 0
 _UNLISTED, _VOID_INDEX, _FIRST = 0, 1, 2  # compact indices: id not in JSON, VOID, first segment
 _MAX_DENSE_BINS = 1 << 22  # larger joint histograms fall back to np.unique
 _CHUNK = 16  # images per pool task
-
-log = logging.getLogger(__name__)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 class PQInputError(KeyError, ValueError):
@@ -159,62 +167,67 @@ class _Segments:
     # JSON areas where given (GT); NaN = take the PNG count.
     self.area = np.fromiter((segments[i].get("area", np.nan) for i in order), np.float64, k)
     self.rank = order  # position in the JSON list, for "last crowd wins"
-    self.in_png_range = (self.ids > 0) & (self.ids < OFFSET)
 
   def __len__(self) -> int:
     return len(self.ids)
 
 
-class _Relabeller:
-  """Maps 24-bit ids to compact indices through a reused [2^24] uint16 table (one per process)."""
+def _runs(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Row-major runs of a constant (GT id, prediction id) pair: ([R] GT ids, [R] ids, [R] lengths).
 
-  def __init__(self):
-    self._lut: np.ndarray | None = None
-
-  def __call__(self, ids: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
-    """ids [H, W] in [0, 2^24) -> [H, W]: 0 unlisted, 1 VOID, 2 + rank among sorted seg_ids."""
-    if _FIRST + len(seg_ids) > np.iinfo(np.uint16).max:
-      return _relabel_sorted(ids, seg_ids)
-    if self._lut is None:
-      self._lut = np.zeros(OFFSET, np.uint16)
-    lut = self._lut
-    lut[VOID] = _VOID_INDEX
-    lut[seg_ids] = np.arange(_FIRST, _FIRST + len(seg_ids), dtype=np.uint16)
-    try:
-      return lut.take(ids)
-    finally:
-      lut[seg_ids] = _UNLISTED
-
-
-def _relabel_sorted(ids: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
-  """`_Relabeller` for very many segments: binary search, int64 indices."""
-  pos = np.searchsorted(seg_ids, ids)
-  found = seg_ids[np.minimum(pos, len(seg_ids) - 1)] == ids
-  return np.where(found, pos + _FIRST, np.where(ids == VOID, _VOID_INDEX, _UNLISTED))
+  Segments are large and few, so there are ~60x fewer runs than pixels: relabelling and counting
+  the runs instead of the pixels leaves two comparisons per pixel.
+  """
+  g, p = gt_ids.reshape(-1), pred_ids.reshape(-1)
+  n = g.size
+  if n == 0:
+    return g, p, np.zeros(0, np.int64)
+  change, other = _scratch(n - 1)
+  np.not_equal(g[1:], g[:-1], out=change)
+  np.not_equal(p[1:], p[:-1], out=other)
+  change |= other
+  starts = np.empty(int(np.count_nonzero(change)) + 1, np.int64)
+  starts[0] = 0
+  starts[1:] = np.flatnonzero(change)
+  starts[1:] += 1
+  lengths = np.diff(starts, append=n)
+  return g[starts], p[starts], lengths
 
 
-_RELABEL = _Relabeller()
+_SCRATCH = threading.local()
 
 
-def _joint_counts(gidx: np.ndarray, pidx: np.ndarray, num_g: int,
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
+  """Two [n] bool buffers, reused per thread (fresh large arrays cost page faults)."""
+  buf = getattr(_SCRATCH, "buf", None)
+  if buf is None or buf.shape[1] < n:
+    buf = _SCRATCH.buf = np.empty((2, n), bool)
+  return buf[0, :n], buf[1, :n]
+
+
+def _compact(ids: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
+  """Ids -> compact indices: 0 unlisted, 1 VOID, 2 + rank among the sorted `seg_ids`."""
+  out = np.where(ids == VOID, _VOID_INDEX, _UNLISTED)
+  if len(seg_ids):
+    pos = np.searchsorted(seg_ids, ids)
+    np.minimum(pos, len(seg_ids) - 1, out=pos)
+    found = seg_ids[pos] == ids
+    out[found] = pos[found] + _FIRST
+  return out
+
+
+def _joint_counts(gidx: np.ndarray, pidx: np.ndarray, lengths: np.ndarray, num_g: int,
                   num_p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Compact index maps -> non-zero (row, col, count) of the [num_g, num_p] joint histogram."""
-  if num_g * num_p <= np.iinfo(np.uint16).max + 1 and gidx.dtype == pidx.dtype == np.uint16:
-    joint = np.multiply(gidx, np.uint16(num_p))  # the common case: 16-bit arithmetic
-    joint += pidx
-    hist = np.bincount(joint.ravel(), minlength=num_g * num_p)
-    nz = np.flatnonzero(hist)
-    return nz // num_p, nz % num_p, hist[nz]
+  """Compact indices of runs -> non-zero (row, col, count) of the [num_g, num_p] joint histogram."""
+  joint = gidx * num_p + pidx
   if num_g * num_p <= _MAX_DENSE_BINS:
-    joint = np.multiply(gidx, num_p, dtype=np.intp)
-    joint += pidx
-    hist = np.bincount(joint.ravel(), minlength=num_g * num_p)
-    nz = np.flatnonzero(hist)
-    return nz // num_p, nz % num_p, hist[nz]
-  joint = np.multiply(gidx, num_p, dtype=np.int64)
-  joint += pidx
-  keys, counts = np.unique(joint, return_counts=True)
-  return keys // num_p, keys % num_p, counts
+    hist = np.bincount(joint, weights=lengths, minlength=num_g * num_p)
+    keys = np.flatnonzero(hist)
+    counts = hist[keys]
+  else:
+    keys, inverse = np.unique(joint, return_inverse=True)
+    counts = np.bincount(inverse.reshape(-1), weights=lengths)
+  return keys // num_p, keys % num_p, counts.astype(np.int64)  # float sums of ints < 2^53: exact
 
 
 def image_stat(image_id: Any, gt_ids: np.ndarray, gt_segments: Sequence[dict],
@@ -234,14 +247,9 @@ def image_stat(image_id: Any, gt_ids: np.ndarray, gt_segments: Sequence[dict],
   gt = _Segments(gt_segments, cat_index, num_c, image_id, "GT")
   pred = _Segments(pred_segments, cat_index, num_c, image_id, "prediction")
   num_g, num_p = _FIRST + len(gt), _FIRST + len(pred)
-  # Ids outside the PNG range can never occur in a map: keep them out of the table.
-  gidx = _RELABEL(gt_ids, gt.ids[gt.in_png_range])
-  pidx = _RELABEL(pred_ids, pred.ids[pred.in_png_range])
-  if not gt.in_png_range.all():
-    gidx = _reindex(gidx, gt.in_png_range)
-  if not pred.in_png_range.all():
-    pidx = _reindex(pidx, pred.in_png_range)
-  rows, cols, inter = _joint_counts(gidx, pidx, num_g, num_p)
+  gt_run, pred_run, lengths = _runs(gt_ids, pred_ids)
+  pidx = _compact(pred_run, pred.ids)
+  rows, cols, inter = _joint_counts(_compact(gt_run, gt.ids), pidx, lengths, num_g, num_p)
 
   # Prediction checks, in panopticapi's order: PNG ids in ascending order (unlisted id or unknown
   # category, whichever comes first), then JSON segments missing from the PNG.
@@ -249,8 +257,7 @@ def image_stat(image_id: Any, gt_ids: np.ndarray, gt_segments: Sequence[dict],
   seg_area = pred_area[_FIRST:]
   bad_cat = (pred.cat == num_c) & (seg_area > 0)
   if pred_area[_UNLISTED] > 0 or bad_cat.any():
-    first_unlisted = (int(np.unique(pred_ids[pidx == _UNLISTED])[0])
-                      if pred_area[_UNLISTED] > 0 else OFFSET)
+    first_unlisted = int(pred_run[pidx == _UNLISTED].min()) if pred_area[_UNLISTED] > 0 else OFFSET
     first_bad = int(pred.ids[bad_cat][0]) if bad_cat.any() else OFFSET
     if first_unlisted < first_bad:
       raise PQInputError(f"In the image with ID {image_id} segment with ID {first_unlisted} is "
@@ -303,13 +310,6 @@ def image_stat(image_id: Any, gt_ids: np.ndarray, gt_segments: Sequence[dict],
   fp = np.bincount(pred.cat[counted], minlength=num_c + 1)
   return PQStat(tp[:num_c].astype(np.int64), fp[:num_c].astype(np.int64),
                 fn[:num_c].astype(np.int64), iou_sum[:num_c])
-
-
-def _reindex(idx: np.ndarray, in_range: np.ndarray) -> np.ndarray:
-  """Compact indices over in-range segments -> indices over all segments (sorted by id)."""
-  remap = np.arange(_FIRST + int(in_range.sum()), dtype=np.int64)
-  remap[_FIRST:] = _FIRST + np.flatnonzero(in_range)
-  return remap.take(idx)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -382,83 +382,43 @@ def _as_ids(ids: np.ndarray, image_id: Any, side: str) -> np.ndarray:
 # Files.
 
 
-class _PngReader:
-  """Panoptic PNG -> [H, W] uint32 ids; OpenCV when available (faster), else Pillow.
+def _eval_chunk(task: tuple) -> tuple[np.ndarray, np.ndarray]:
+  """Worker: a chunk of (gt_ann, pred_ann) pairs -> ([3, C] tp, fp, fn sums, [n, C] IoU sums).
 
-  With OpenCV the result is a view of a buffer reused by the next call with the same `slot`.
+  IoU sums stay per image so that the caller adds them in image order: the same float sums as
+  one image at a time (PQAccumulator), for any number of workers.
   """
-
-  def __init__(self):
-    try:
-      import cv2
-      cv2.setNumThreads(1)
-      self._cv2 = cv2
-    except ImportError:  # pragma: no cover - opencv is a dependency
-      self._cv2 = None
-    self._rgba: dict[int, np.ndarray] = {}
-
-  def __call__(self, path: str, slot: int = 0) -> np.ndarray:
-    if self._cv2 is None:
-      return read_png_pil(path)
-    bgr = self._cv2.imdecode(np.fromfile(path, np.uint8), self._cv2.IMREAD_UNCHANGED)
-    if bgr is None:
-      raise ValueError(f"cannot decode PNG {path}")
-    if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4):
-      return read_png_pil(path)  # palette / grey / 16 bit: let Pillow convert to RGB
-    h, w = bgr.shape[:2]
-    rgba = self._rgba.get(slot)
-    if rgba is None or rgba.shape[:2] != (h, w):
-      rgba = self._rgba[slot] = np.zeros((h, w, 4), np.uint8)  # 4th byte stays 0
-    self._cv2.mixChannels([bgr], [rgba], [0, 2, 1, 1, 2, 0])  # BGR(A) -> R, G, B, 0
-    return rgba.view(np.uint32)[..., 0]  # little endian: R + 256 G + 65536 B
-
-
-def read_png_pil(path: str) -> np.ndarray:
-  """Panoptic PNG -> [H, W] uint32 ids with Pillow (RGB after conversion; alpha dropped)."""
-  from PIL import Image
-  with Image.open(path) as im:
-    rgb = np.asarray(im.convert("RGB"))
-  return rgb_to_id(rgb)
-
-
-_READER: _PngReader | None = None
-
-
-def read_panoptic_png(path: str) -> np.ndarray:
-  """Panoptic PNG -> [H, W] uint32 ids ``R + 256 G + 65536 B`` (a fresh array)."""
-  global _READER
-  if _READER is None:
-    _READER = _PngReader()
-  return np.array(_READER(path, slot=-1))
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-  """[H, W, 3] uint8 RGB -> [H, W] uint32 ids ``R + 256 G + 65536 B`` (SPEC §4.2)."""
-  rgb = rgb.astype(np.uint32)
-  return rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-  """[H, W] ids in [0, 2^24) -> [H, W, 3] uint8 RGB (SPEC §4.2)."""
-  ids = np.asarray(ids, np.uint32)
-  return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
-
-
-def _eval_chunk(task: tuple) -> list[tuple[Any, PQStat]]:
-  """Worker: a chunk of (gt_ann, pred_ann) pairs -> [(image_id, stat)] in order."""
-  global _READER
-  if _READER is None:
-    _READER = _PngReader()
   pairs, gt_folder, pred_folder, table = task
+  read = pq_io.process_reader()
   cat_index = table.index
-  out = []
-  for gt_ann, pred_ann in pairs:
-    image_id = gt_ann["image_id"]
-    gt_ids = _READER(os.path.join(gt_folder, gt_ann["file_name"]), slot=0)
-    pred_ids = _READER(os.path.join(pred_folder, pred_ann["file_name"]), slot=1)
-    out.append((image_id, image_stat(image_id, gt_ids, gt_ann["segments_info"], pred_ids,
-                                     pred_ann["segments_info"], table, cat_index)))
-  return out
+  counts = np.zeros((3, len(table)), np.int64)
+  iou = np.zeros((len(pairs), len(table)), np.float64)
+  for k, (gt_ann, pred_ann) in enumerate(pairs):
+    stat = image_stat(gt_ann["image_id"], read(os.path.join(gt_folder, gt_ann["file_name"]), slot=0),
+                      gt_ann["segments_info"],
+                      read(os.path.join(pred_folder, pred_ann["file_name"]), slot=1),
+                      pred_ann["segments_info"], table, cat_index)
+    counts[0] += stat.tp
+    counts[1] += stat.fp
+    counts[2] += stat.fn
+    iou[k] = stat.iou
+  return counts, iou
+
+
+def _init_worker() -> None:
+  """Pool worker set-up: glibc malloc that keeps freed memory, and the PNG reader.
+
+  Each decode allocates a few ~1 MB buffers (pyspng); with glibc's default trimming, every one
+  costs fresh pages (page faults doubled the CPU time). Only the pool's own processes are tuned.
+  No OpenCV call here: after a fork its thread pool can deadlock (cv2.setNumThreads did).
+  """
+  try:
+    libc = ctypes.CDLL(None)
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+  except (OSError, AttributeError):  # pragma: no cover - not glibc
+    pass
+  pq_io.process_reader()
 
 
 def default_workers() -> int:
@@ -476,24 +436,25 @@ def _mp_context() -> multiprocessing.context.BaseContext:
   return multiprocessing.get_context("fork")
 
 
-def _stats(pairs: list[tuple[dict, dict]], gt_folder: str, pred_folder: str, table: CategoryTable,
-           workers: int) -> Iterator[tuple[Any, PQStat]]:
-  """(image_id, stat) for every pair, in order; a process pool when workers > 1."""
+def _chunk_stats(pairs: list[tuple[dict, dict]], gt_folder: str, pred_folder: str,
+                 table: CategoryTable, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """`_eval_chunk` over chunks of `pairs`, in order; a process pool when workers > 1."""
   tasks = ((pairs[i:i + _CHUNK], gt_folder, pred_folder, table)
            for i in range(0, len(pairs), _CHUNK))
-  if workers <= 1 or len(pairs) <= _CHUNK:
-    for task in tasks:
-      yield from _eval_chunk(task)
+  workers = min(workers, -(-len(pairs) // _CHUNK))
+  if workers <= 1:
+    yield from map(_eval_chunk, tasks)
     return
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_mp_context(),
+                                              initializer=_init_worker) as pool:
     # Bounded look-ahead: at most 4 chunks per worker in flight (memory independent of images).
-    pending: list[concurrent.futures.Future] = []
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
     for task in tasks:
       pending.append(pool.submit(_eval_chunk, task))
       if len(pending) >= 4 * workers:
-        yield from pending.pop(0).result()
-    for future in pending:
-      yield from future.result()
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
 
 
 def _match_annotations(gt_json: dict, pred_json: dict, skip_missing: bool) -> list[tuple[dict, dict]]:
@@ -550,72 +511,22 @@ def pq_stat_files(gt_json_file: str, pred_json_file: str, gt_folder: str | None 
     raise FileNotFoundError(f"Folder {gt_folder} with ground truth segmentations doesn't exist")
   if not os.path.isdir(pred_folder):
     raise FileNotFoundError(f"Folder {pred_folder} with predicted segmentations doesn't exist")
-  acc = PQAccumulator(gt_json["categories"])
+  table = CategoryTable.from_json(gt_json["categories"])
   pairs = _match_annotations(gt_json, pred_json, skip_missing)
   workers = default_workers() if workers is None else max(1, int(workers))
-  for image_id, stat in _stats(pairs, gt_folder, pred_folder, acc.table, workers):
-    acc.add_stat(image_id, stat)
-  return acc.stat, acc.table
-
-
-# ------------------------------------------------------------------------------------------------
-# Reporting and the command line.
-
-
-def format_table(results: dict[str, Any]) -> str:
-  """The PQ / SQ / RQ / N table (x100, 3 decimals as RAP's ps_eval prints it; SPEC §8)."""
-  lines = ["{:10s}| {:>5s}  {:>5s}  {:>5s} {:>5s}".format("", "PQ", "SQ", "RQ", "N"),
-           "-" * (10 + 7 * 4)]
-  for name in ("All", "Things", "Stuff"):
-    r = results[name]
-    lines.append("{:10s}| {:5.3f}  {:5.3f}  {:5.3f} {:5d}".format(
-        name, 100 * r["pq"], 100 * r["sq"], 100 * r["rq"], r["n"]))
-  return "\n".join(lines)
-
-
-def results_json(results: dict[str, Any], stat: PQStat | None = None,
-                 categories: Sequence[dict] | None = None) -> dict[str, Any]:
-  """JSON-ready numbers: groups, and per class pq/sq/rq (+ tp/fp/fn/iou and name if given)."""
-  out: dict[str, Any] = {name: dict(results[name]) for name in ("All", "Things", "Stuff")}
-  names = {c["id"]: c.get("name") for c in categories or ()}
-  ids = list(results["per_class"])
-  per_class = {}
-  for k, cid in enumerate(ids):
-    entry: dict[str, Any] = dict(results["per_class"][cid])
-    if names.get(cid) is not None:
-      entry["name"] = names[cid]
-    if stat is not None:
-      entry.update(tp=int(stat.tp[k]), fp=int(stat.fp[k]), fn=int(stat.fn[k]),
-                   iou=float(stat.iou[k]))
-    per_class[str(cid)] = entry
-  out["per_class"] = per_class
-  return out
+  stat = PQStat.zeros(len(table))
+  for counts, iou in _chunk_stats(pairs, gt_folder, pred_folder, table, workers):
+    stat.tp += counts[0]
+    stat.fp += counts[1]
+    stat.fn += counts[2]
+    for row in iou:  # image by image, as PQAccumulator adds
+      stat.iou += row
+  return stat, table
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--gt-json", required=True, help="panoptic GT JSON (panopticapi format)")
-  parser.add_argument("--pred-json", required=True, help="prediction JSON")
-  parser.add_argument("--gt-folder", default=None, help="GT PNG folder (default: JSON path w/o .json)")
-  parser.add_argument("--pred-folder", default=None, help="prediction PNG folder")
-  parser.add_argument("--output", default=None, help="write the numbers as JSON here")
-  parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
-  parser.add_argument("--skip-missing", action="store_true",
-                      help="skip GT images without prediction (RAP ps_eval) instead of failing")
-  args = parser.parse_args(argv)
-  start = time.time()
-  stat, table = pq_stat_files(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
-                              workers=args.workers, skip_missing=args.skip_missing)
-  results = stat.results(table)
-  print(format_table(results))
-  print(f"Time elapsed: {time.time() - start:0.2f} seconds")
-  if args.output:
-    with open(args.gt_json) as f:
-      categories = json.load(f)["categories"]
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-      json.dump(results_json(results, stat, categories), f, indent=1)
-  return results
+  """The command line (see the module docstring and `pq_io.main`)."""
+  return pq_io.main(argv, stat_files=pq_stat_files)
 
 
 if __name__ == "__main__":
