@@ -124,6 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
       loss_weight=1.0,              # MODEL.RELATION_LOSS_WEIGHT
       oc_pair_chunk=50,             # OCFusion inference chunking (numerics only)
       oc_train_pairs=128,
+      # The ranking loss log(1 + exp(z_front - z_back)) is computed literally as the original
+      # (it overflows above a difference of ~88.7); True uses a stable softplus instead.
+      stable_ranking_loss=False,
   )
   config.model.semantic = dict(
       in_channels=fpn_channels,
@@ -215,5 +218,9 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_iters=500,
       checkpoint_period=10000,
       log_every=20,
+      # Multi-stage runs in one job (configs/demo.py): a tuple of dicts of dotted overrides, one
+      # per stage, each starting from the previous stage's last checkpoint (rap_jax/train.py).
+      # Empty: one stage, as every original config.
+      stages=(),
   )
   return config

@@ -1,16 +1,25 @@
 """The main job of README.md: a small RAP model trained and run on the built-in synthetic data.
 
 `python -m rap_jax.main --config configs/demo.py --workdir runs/demo` generates the synthetic
-dataset into `datasets/synthetic` (once), then runs `config.modes`: trains the model (stage 1,
-everything trained, the relation head included; evaluation on the validation split at the end),
-then predicts the validation images into `runs/demo/panoptic.json` + `runs/demo/panoptic/*.png`.
+dataset into `datasets/synthetic` (once), then runs `config.modes`:
+  train    both stages of the original in one workdir (`train.stages`, rap_jax/train.py):
+           stage 1 = Panoptic FPN from scratch (iterations 1..100, no relation head), stage 2 =
+           RAP relation finetune from stage 1's last checkpoint with a fresh relation head
+           (iterations 101..160, only that head trained); checkpoints in runs/demo/checkpoints/,
+           losses in runs/demo/train_metrics.jsonl; then evaluation on the 8 validation images
+           (runs/demo/metrics.json, runs/demo/eval/);
+  predict  the validation images -> runs/demo/panoptic.json + runs/demo/panoptic/*.png.
 A mode whose module does not exist yet is skipped with a message.
 
 Model: the widths of the small fixture model (stem 8, stage outputs 32/64/128/256, FPN 32, box MLP
 128, mask convs 32, relation 32/128, semantic 64) at 256/384 pixels, RAP relation head and RAP
 fusion.
 
-Expected: finishes in a few minutes on 2 CPU cores. Measured here: not measured yet.
+Expected: finishes in a few minutes on 2 CPU cores. Measured here (2 shared CPU cores, 1 JAX
+device, busy machine): 4 min 47 s end to end including data generation; stage 1 mean loss
+27.5 (steps 1-10) -> 2.42 (steps 91-100), ~0.8 s/step when the cores are free (1.4 s busy);
+stage 2 relation loss 1.26 (steps 101-110) -> 0.68 (151-160); PQ 2.9 (the model is tiny and
+trained for 160 steps: the number only shows that the pipeline runs).
 """
 from configs import common
 
@@ -65,12 +74,24 @@ def get_config():
   config.predict.images = "datasets/synthetic/images/val2017"
   config.eval.batch_size = 4
 
+  # Both training stages of the original, one after the other in the workdir (rap_jax/train.py,
+  # "Stages"): stage 1 = Panoptic FPN (no relation head, heuristic fusion) from scratch, everything
+  # but the frozen stem + layer1 trained, linear warmup then one LR step; stage 2 = the RAP relation
+  # finetune from stage 1's last checkpoint with a freshly initialised relation head, only that
+  # head trained at a constant LR, continuing the iteration count (SPEC §6.2). Then evaluation.
+  # The LR is far below the original's 0.02: without ImageNet weights the fresh network's
+  # activations are in the hundreds and SGD diverges above about 1e-3 (measured here).
   t = config.train
   t.global_batch_size = 4
-  t.base_lr = 0.01
-  t.steps = (150,)
-  t.max_iter = 200
+  t.base_lr = 0.0006
+  t.steps = (80,)
+  t.max_iter = 100
   t.warmup_iters = 20
-  t.checkpoint_period = 100
+  t.checkpoint_period = 50
   t.log_every = 10
+  t.stages = (
+      {"train.stage": 1, "model.roi_heads.relation.kind": "none", "fusion.method": "heuristic"},
+      {"train.stage": 2, "train.start_iter": 100, "train.max_iter": 160, "train.base_lr": 0.0002,
+       "train.steps": (1000,), "train.warmup_iters": 0},
+  )
   return config

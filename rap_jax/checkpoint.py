@@ -10,6 +10,17 @@ that `config.init_checkpoint` points to. Trees are nested dicts; a leaf is named
 'buffers/backbone/body/stem/bn1/running_var' (the FrozenBatchNorm buffers are kept verbatim,
 see convert/hooks.py).
 
+A training run keeps its checkpoints (SPEC §9.0: the original's `model_%07d.pth` with optimizer,
+scheduler and iteration) in an orbax `CheckpointManager` under `<workdir>/checkpoints`:
+
+  <workdir>/checkpoints/<step>/variables/  {'params', 'buffers'}: the same layout as above, so a
+                                           step directory is itself a variables checkpoint
+  <workdir>/checkpoints/<step>/opt_state/  optax state (momentum buffers, update counts)
+  <workdir>/checkpoints/<step>/meta/       JSON: step, stage, data seed, losses at that step
+
+`latest_checkpoint(workdir)` is the newest step directory; `resolve_checkpoint` accepts a
+variables checkpoint, a step directory or a training workdir (its newest step).
+
 Unlike the original (which silently keeps the init of unmatched keys, SPEC §9.1), loading is
 strict: `merge_variables` raises on missing, unexpected and mis-shaped leaves, listing all of
 them, except for reference subtrees the caller explicitly allows to stay freshly initialised (the
@@ -190,3 +201,95 @@ def restore_variables(directory: str | os.PathLike, reference: Mapping[str, Any]
                       allow_fresh: Sequence[str] = ()) -> dict[str, Any]:
   """`merge_variables(load_variables(directory), reference, allow_fresh=...)`."""
   return merge_variables(load_variables(directory), reference, allow_fresh=allow_fresh)
+
+
+# ------------------------------------------------------------------ training checkpoints (§9.0)
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAIN_ITEMS = ("variables", "opt_state", "meta")
+
+
+def checkpoints_dir(workdir: str | os.PathLike) -> pathlib.Path:
+  """Where a training run in `workdir` keeps its CheckpointManager."""
+  return pathlib.Path(workdir).absolute() / CHECKPOINTS_DIR
+
+
+def train_checkpoint_manager(workdir: str | os.PathLike, *, max_to_keep: int = 3,
+                             keep_steps: Sequence[int] = ()):
+  """An orbax CheckpointManager for training state in `<workdir>/checkpoints`.
+
+  Keeps the `max_to_keep` newest checkpoints plus every step in `keep_steps` (the last step of
+  each training stage, the original's `model_final.pth`). Saves are asynchronous: call
+  `wait_until_finished()` before reading them.
+  """
+  import orbax.checkpoint as ocp
+  from orbax.checkpoint import checkpoint_managers as cm
+
+  policies = [cm.preservation_policy.LatestN(max_to_keep)]
+  if keep_steps:
+    policies.append(cm.preservation_policy.CustomSteps(steps=[int(s) for s in keep_steps]))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=cm.AnyPreservationPolicy(policies), create=True)
+  return ocp.CheckpointManager(checkpoints_dir(workdir), options=options, item_names=TRAIN_ITEMS)
+
+
+def save_train_checkpoint(manager, step: int, variables: Mapping[str, Any], opt_state: Any,
+                          meta: Mapping[str, Any]) -> None:
+  """Saves (asynchronously) the training state of `step`; every process must call it."""
+  import orbax.checkpoint as ocp
+
+  manager.save(int(step), args=ocp.args.Composite(
+      variables=ocp.args.StandardSave(dict(variables)),
+      opt_state=ocp.args.StandardSave(opt_state),
+      meta=ocp.args.JsonSave(dict(meta, step=int(step)))), force=True)
+
+
+def restore_train_checkpoint(manager, step: int, abstract_variables: Any,
+                             abstract_opt_state: Any) -> tuple[Any, Any, dict]:
+  """(variables, opt_state, meta) of `step`, placed as the abstract targets' shardings say."""
+  import orbax.checkpoint as ocp
+
+  restored = manager.restore(int(step), args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(abstract_variables),
+      opt_state=ocp.args.StandardRestore(abstract_opt_state),
+      meta=ocp.args.JsonRestore()))
+  return restored["variables"], restored["opt_state"], dict(restored["meta"])
+
+
+def train_checkpoint_meta(manager, step: int) -> dict:
+  """The JSON metadata saved with `step` (stage, data seed, ...), without reading arrays."""
+  import orbax.checkpoint as ocp
+
+  restored = manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return dict(restored["meta"])
+
+
+def _finished_steps(directory: pathlib.Path) -> list[int]:
+  """Committed step directories of a CheckpointManager folder (tmp/unfinished ones skipped)."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(d.name) for d in directory.iterdir()
+                if d.is_dir() and d.name.isdigit() and (d / "_CHECKPOINT_METADATA").is_file()
+                and (d / VARIABLES_DIR).is_dir())
+
+
+def latest_checkpoint(workdir: str | os.PathLike) -> pathlib.Path | None:
+  """`<workdir>/checkpoints/<newest step>` (a variables checkpoint directory), None if none."""
+  directory = checkpoints_dir(workdir)
+  steps = _finished_steps(directory)
+  return directory / str(steps[-1]) if steps else None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
+  """A variables checkpoint directory from `path`: itself, or a training workdir's newest step."""
+  path = pathlib.Path(path).absolute()
+  if not path.exists():
+    raise FileNotFoundError(f"checkpoint not found: {path}")
+  if (path / VARIABLES_DIR).is_dir() or (path / "_METADATA").is_file():
+    return path
+  steps_dir = path if path.name == CHECKPOINTS_DIR else path / CHECKPOINTS_DIR
+  steps = _finished_steps(steps_dir)
+  if steps:
+    return steps_dir / str(steps[-1])
+  raise ValueError(f"{path} is neither a variables checkpoint (python -m convert, or "
+                   f"<workdir>/{CHECKPOINTS_DIR}/<step>) nor a training workdir with checkpoints")

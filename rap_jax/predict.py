@@ -48,16 +48,16 @@ def list_images(spec: str) -> list[pathlib.Path]:
 
 
 def find_checkpoint(config, workdir: str) -> str:
-  """`config.init_checkpoint`, else the newest checkpoint trained in `workdir`."""
+  """The weights predict/eval run: the newest checkpoint trained in `workdir`, else
+  `config.init_checkpoint` (a converted checkpoint, a step directory or a training workdir)."""
+  latest = checkpoint.latest_checkpoint(workdir)
+  if latest is not None:
+    return str(latest)
   if config.init_checkpoint:
-    return str(config.init_checkpoint)
-  latest = checkpoint.latest_checkpoint(workdir) if hasattr(checkpoint, "latest_checkpoint") \
-      else None
-  if latest is None:
-    raise FileNotFoundError(
-        f"no weights to run: set --config.init_checkpoint=<dir> (a checkpoint converted with "
-        f"`python -m convert` or trained by rap_jax), or train into {workdir} first")
-  return str(latest)
+    return str(checkpoint.resolve_checkpoint(config.init_checkpoint))
+  raise FileNotFoundError(
+      f"no weights to run: set --config.init_checkpoint=<dir> (a checkpoint converted with "
+      f"`python -m convert`, or a training workdir), or train into {workdir} first")
 
 
 def instance_records(result: dict, i: int, image_id: Any, file_name: str,
