@@ -100,6 +100,10 @@ def get_config() -> ml_collections.ConfigDict:
       # Static number of detection slots: >= detections_per_img so that the original's
       # "keep ties of the 100th score" rule (SPEC §2.6 step 5) never loses a detection.
       max_detections=104,
+      # Class-wise NMS runs as one class-aware NMS over the top candidates when an image has no
+      # more than this many (score > score_thresh); otherwise per class over all proposals.
+      # Same detections either way; only speed differs.
+      max_nms_candidates=2048,
       fg_iou_threshold=0.5,
       bg_iou_threshold=0.5,
       batch_size_per_image=512,

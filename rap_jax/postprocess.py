@@ -69,8 +69,7 @@ def postprocess_image(outputs: dict, padded_hw, resized_hw, original_hw, ratios,
   """
   boxes = boxes_to_original(outputs["det_boxes"], ratios)
   masks = paste_masks(outputs["mask_probs"], boxes, out_hw, original_hw[0], original_hw[1],
-                      mask_threshold, mask_padding)
-  masks = masks & outputs["det_valid"][:, None, None]
+                      mask_threshold, mask_padding, valid=outputs["det_valid"])
   windows = paste_windows(boxes, original_hw[0], original_hw[1], outputs["mask_probs"].shape[-1],
                           mask_padding)
   semantic = semantic_segmentation(outputs["semantic_logits"], padded_hw, resized_hw,
@@ -81,9 +80,16 @@ def postprocess_image(outputs: dict, padded_hw, resized_hw, original_hw, ratios,
 def postprocess_batch(outputs: dict, padded_hw, resized_hw, original_hw, ratios,
                       out_hw: tuple[int, int], mask_threshold: float = 0.5,
                       mask_padding: int = 1, crop_padding: bool = False) -> dict:
-  """`postprocess_image` vmapped over the batch (all arrays with a leading N axis)."""
+  """`postprocess_image` over the batch (all arrays with a leading N axis).
+
+  vmapped on accelerators; on CPU images go one after the other (`lax.map`) so that empty
+  detection slots are really skipped when pasting (see `paste_masks`).
+  """
   keys = ("det_boxes", "det_valid", "mask_probs", "semantic_logits")
   sub = {k: outputs[k] for k in keys}
   fn = lambda o, p, r, h, q: postprocess_image(o, p, r, h, q, out_hw, mask_threshold,
                                                mask_padding, crop_padding)
-  return jax.vmap(fn)(sub, padded_hw, resized_hw, original_hw, ratios)
+  args = (sub, padded_hw, resized_hw, original_hw, ratios)
+  if jax.default_backend() == "cpu":
+    return jax.lax.map(lambda a: fn(*a), args)
+  return jax.vmap(fn)(*args)

@@ -170,3 +170,22 @@ def test_batch_and_canvas_invariance(setup):
     np.testing.assert_array_equal(np.asarray(res["semantic"][0])[:h, :w], fin["semantic"][i][:h, :w])
     np.testing.assert_array_equal(np.asarray(res["fusion"].segment_map[0])[:h, :w],
                                   np.asarray(fin["fusion"].segment_map[i])[:h, :w])
+
+
+def test_nms_paths_agree(setup):
+  """The candidates-only NMS path (default) equals the original's class-wise loop."""
+  import jax
+  from rap_jax.modeling.box_head import detections_for_image
+  config, _, _, _, out, _ = setup
+  box = config.model.roi_heads.box
+  args = (out["box_class_logits"], out["box_regression"], out["proposals"],
+          out["proposals_valid"], np.array([[320, 320], [317, 475]], np.int32))
+  res = {}
+  for path in ("classwise", "candidates"):
+    fn = lambda lg, rg, p, v, hw: detections_for_image(
+        lg, rg, p, v, hw, box.bbox_reg_weights, box.score_thresh, box.nms_thresh,
+        box.detections_per_img, box.max_detections, False, box.max_nms_candidates, path)
+    res[path] = jax.device_get(jax.jit(jax.vmap(fn))(*args))
+  for key in ("boxes", "scores", "labels", "valid", "num"):
+    np.testing.assert_array_equal(res["classwise"][key], res["candidates"][key])
+  np.testing.assert_array_equal(res["candidates"]["labels"], out["det_labels"])

@@ -244,3 +244,39 @@ def test_disable_jit_and_batched():
                                      valid.reshape(2, 2, N), 0.5, strict=False)).reshape(4, N)
   for c in range(4):
     np.testing.assert_array_equal(keep[c], _ref_keep(boxes[c], scores[c], valid[c], 0.5, False))
+
+
+def test_box_head_nms_paths_agree_on_crowded_classes():
+  """Candidates-only NMS == class-wise NMS, also when a class has many candidates; with fewer
+  slots than candidates the batch falls back to the class-wise path (same result)."""
+  import jax
+  from rap_jax.modeling.box_head import detections_for_image
+  rng = np.random.default_rng(11)
+  r, c = 300, 6
+  logits = rng.normal(0, 1.5, (2, r, c)).astype(np.float32)
+  logits[0, :, 1] += 3.0  # class 1 is a candidate almost everywhere in image 0
+  reg = rng.normal(0, 0.5, (2, r, 4 * c)).astype(np.float32)
+  xy = rng.uniform(0, 150, (2, r, 2))
+  wh = rng.uniform(4, 60, (2, r, 2))
+  props = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+  valid = np.ones((2, r), bool)
+  valid[1, 250:] = False
+  hw = np.array([[200, 220], [200, 220]], np.int32)
+  outs = {}
+  for path, cap in (("classwise", 4096), ("candidates", 4096), ("candidates", 64)):
+    fn = lambda lg, rg, p, v, h: detections_for_image(lg, rg, p, v, h, (10., 10., 5., 5.), 0.05,
+                                                      0.5, 100, 120, True, cap, path)
+    outs[(path, cap)] = jax.device_get(jax.jit(jax.vmap(fn))(logits, reg, props, valid, hw))
+  ref = outs[("classwise", 4096)]
+  for key in ("boxes", "scores", "labels", "valid", "num"):
+    np.testing.assert_array_equal(ref[key], outs[("candidates", 4096)][key])
+  prob = jax.nn.softmax(logits, -1)[..., 1:]
+  assert int(((prob > 0.05) & valid[..., None]).sum(axis=(1, 2)).max()) > 64
+  # Through BoxHead.postprocess with 64 slots the batch falls back to the class-wise path.
+  from rap_jax.modeling.box_head import BoxHead
+  head = BoxHead(num_classes=c, detections_per_img=100, max_detections=120,
+                 max_nms_candidates=64)
+  got = jax.device_get(jax.jit(lambda *a: head.apply({}, *a, method=BoxHead.postprocess))(
+      logits, reg, props, valid, hw))
+  for key in ("boxes", "scores", "labels", "valid", "num"):
+    np.testing.assert_array_equal(ref[key], got[key])

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from rap_jax.modeling.layers import flatten_hwc
 from rap_jax.ops import boxes as box_ops
 from rap_jax.ops.box_coder import decode_boxes
-from rap_jax.ops.nms import nms_mask
+from rap_jax.ops.nms import greedy_fixed_point, nms_mask
 from rap_jax.ops.poolers import pool_rois
 
 
@@ -58,6 +58,7 @@ class BoxHead(nn.Module):
   bg_iou_threshold: float = 0.5
   batch_size_per_image: int = 512
   positive_fraction: float = 0.25
+  max_nms_candidates: int = 2048
   nms_strict: bool = True
 
   def setup(self):
@@ -79,21 +80,41 @@ class BoxHead(nn.Module):
     return (x.reshape(n, r, -1), logits.reshape(n, r, -1), regression.reshape(n, r, -1))
 
   def postprocess(self, class_logits, box_regression, proposals, proposals_valid, resized_hw):
-    """Batched detections, see `detections_for_image`."""
-    fn = lambda lg, rg, p, v, hw: detections_for_image(
-        lg, rg, p, v, hw, self.bbox_reg_weights, self.score_thresh, self.nms_thresh,
-        self.detections_per_img, self.max_detections, self.nms_strict)
-    return jax.vmap(fn)(class_logits, box_regression, proposals, proposals_valid, resized_hw)
+    """Batched detections, see `detections_for_image`.
+
+    The NMS path is chosen for the whole batch (a per-image `cond` under vmap would run both):
+    the candidates-only path when every image has at most `max_nms_candidates` candidates, else
+    the class-wise path. Both give the same detections.
+    """
+    def run(path):
+      fn = lambda lg, rg, p, v, hw: detections_for_image(
+          lg, rg, p, v, hw, self.bbox_reg_weights, self.score_thresh, self.nms_thresh,
+          self.detections_per_img, self.max_detections, self.nms_strict,
+          self.max_nms_candidates, path)
+      return lambda: jax.vmap(fn)(class_logits, box_regression, proposals, proposals_valid,
+                                  resized_hw)
+
+    num_flat = class_logits.shape[1] * (class_logits.shape[2] - 1)
+    if self.max_nms_candidates >= num_flat:
+      return run("candidates")()
+    prob = jax.nn.softmax(class_logits, axis=-1)[..., 1:]
+    counts = jnp.sum((prob > jnp.float32(self.score_thresh)) & proposals_valid[..., None],
+                     axis=(1, 2))
+    return jax.lax.cond(jnp.all(counts <= self.max_nms_candidates), run("candidates"),
+                        run("classwise"))
 
 
 def detections_for_image(class_logits, box_regression, proposals, proposals_valid, resized_hw,
                          weights, score_thresh, nms_thresh, detections_per_img, max_detections,
-                         nms_strict=True):
+                         nms_strict=True, max_nms_candidates=2048, nms_path="classwise"):
   """One image's detections in the original's order.
 
   Args:
     class_logits: [R, C]; box_regression: [R, 4C]; proposals: [R, 4]; proposals_valid: [R].
     resized_hw: [2] int32 (h', w').
+    nms_path: 'classwise' (one NMS per class over all proposals, the original's loop) or
+      'candidates' (one class-aware NMS over the top `max_nms_candidates` candidates: the same
+      result whenever the image has no more candidates than that).
   Returns:
     dict of `boxes` [D, 4] (resized-image pixels), `scores` [D], `labels` [D] int32
     (contiguous 1..C-1), `valid` [D] bool, `num` scalar; D = max_detections.
@@ -107,9 +128,30 @@ def detections_for_image(class_logits, box_regression, proposals, proposals_vali
   cls_boxes = jnp.transpose(boxes[:, 1:], (1, 0, 2))  # [C-1, R, 4]
   cls_scores = prob[:, 1:].T  # [C-1, R]
   cls_cand = cand[:, 1:].T
-  keep = jax.vmap(lambda b, s, v: nms_mask(b, s, v, nms_thresh, nms_strict))(
-      cls_boxes, cls_scores, cls_cand)  # [C-1, R]
-  flat_keep = keep.reshape(-1)  # class-major, then proposal order
+  flat_cand = cls_cand.reshape(-1)  # class-major, then proposal order
+
+  def classwise():  # one NMS per class over all R proposals (the original's loop)
+    return jax.vmap(lambda b, s, v: nms_mask(b, s, v, nms_thresh, nms_strict))(
+        cls_boxes, cls_scores, cls_cand).reshape(-1)
+
+  def candidates_only():
+    # Exact whenever the candidates fit in T slots: take them in descending score (ties in
+    # class-major, proposal order: the per-class sort order), suppress only within a class.
+    t = min(max_nms_candidates, flat_cand.shape[0])
+    top, idx = jax.lax.top_k(jnp.where(flat_cand, cls_scores.reshape(-1), -jnp.inf), t)
+    ok = top > -jnp.inf
+    b = cls_boxes.reshape(-1, 4)[idx]
+    cls = idx // r
+    iou = box_ops.pairwise_iou(b, b)
+    over = (iou > jnp.float32(nms_thresh)) if nms_strict else (iou >= jnp.float32(nms_thresh))
+    later = jnp.arange(t)[None, :] > jnp.arange(t)[:, None]
+    over = over & later & (cls[:, None] == cls[None, :])
+    keep_sorted = greedy_fixed_point(over, ok)
+    return jnp.zeros(flat_cand.shape, bool).at[idx].set(keep_sorted & ok)
+
+  if nms_path not in ("classwise", "candidates"):
+    raise ValueError(f"nms_path must be 'classwise' or 'candidates', got {nms_path!r}")
+  flat_keep = candidates_only() if nms_path == "candidates" else classwise()
   flat_scores = cls_scores.reshape(-1)
   total = jnp.sum(flat_keep)
   # kthvalue rule: if more than detections_per_img, keep score >= the k-th largest (ties kept).

@@ -70,7 +70,7 @@ def paste_windows(boxes: jnp.ndarray, image_h, image_w, mask_size: int = 28,
 
 def paste_masks(masks: jnp.ndarray, boxes: jnp.ndarray, out_hw: tuple[int, int], image_h,
                 image_w, threshold: float = 0.5, padding: int = 1,
-                chunk: int = 16) -> jnp.ndarray:
+                chunk: int = 16, valid: jnp.ndarray | None = None) -> jnp.ndarray:
   """Paste K mask probability maps into the original image.
 
   Args:
@@ -81,6 +81,9 @@ def paste_masks(masks: jnp.ndarray, boxes: jnp.ndarray, out_hw: tuple[int, int],
     threshold: binarisation threshold (`> threshold`).
     padding: zero border added around each map.
     chunk: instances processed together (memory bound: chunk * Hc * Wc floats).
+    valid: optional [K] bool; invalid instances give empty masks. On CPU they are skipped (one
+      instance at a time with a `cond`); accelerators paste `chunk` instances at once instead.
+      Do not vmap this function with `valid` on CPU (a vmapped `cond` runs both branches).
   Returns:
     [K, Hc, Wc] bool masks.
   """
@@ -91,4 +94,11 @@ def paste_masks(masks: jnp.ndarray, boxes: jnp.ndarray, out_hw: tuple[int, int],
   fn = lambda args: _paste_one(args[0], args[1], out_hw, image_h, image_w, threshold)
   if k == 0:
     return jnp.zeros((0,) + tuple(out_hw), bool)
-  return jax.lax.map(fn, (padded, exp), batch_size=min(chunk, k))
+  if valid is None:
+    return jax.lax.map(fn, (padded, exp), batch_size=min(chunk, k))
+  empty = jnp.zeros(tuple(out_hw), bool)
+  if jax.default_backend() == "cpu":
+    skip = lambda args: jax.lax.cond(args[2], lambda: fn(args[:2]), lambda: empty)
+    return jax.lax.map(skip, (padded, exp, valid))
+  out = jax.lax.map(fn, (padded, exp), batch_size=min(chunk, k))
+  return out & valid[:, None, None]

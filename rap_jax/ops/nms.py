@@ -40,12 +40,23 @@ def nms_mask(boxes: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray,
   later = jnp.arange(n)[None, :] > jnp.arange(n)[:, None]
   over = over & later  # row i may only suppress later (lower-score) boxes
 
-  # Greedy NMS as a fixed point: in sorted order, box i survives iff no EARLIER survivor
-  # overlaps it. Iterating `keep <- valid & ~any_j(keep_j & over[j, i])` from `keep = valid`
-  # makes the first t boxes final after t rounds, so it reaches exactly the greedy result;
-  # it stops when nothing changes (a few rounds in practice: the length of suppression chains).
+  keep_sorted = greedy_fixed_point(over, v)
+  return jnp.zeros((n,), bool).at[order].set(keep_sorted)
+
+
+def greedy_fixed_point(over: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+  """Greedy NMS survivors of boxes already in priority order.
+
+  over: [N, N] bool, over[j, i] = box j (earlier) suppresses box i if kept (upper triangle).
+  valid: [N] bool. Returns keep [N] bool.
+
+  Box i survives iff no EARLIER survivor suppresses it. Iterating
+  `keep <- valid & ~any_j(keep_j & over[j, i])` from `keep = valid` makes the first t boxes final
+  after t rounds, so it reaches exactly the greedy result; it stops when nothing changes (a few
+  rounds in practice: the length of suppression chains).
+  """
   def step(keep):
-    return v & ~jnp.any(over & keep[:, None], axis=0)
+    return valid & ~jnp.any(over & keep[:, None], axis=0)
 
   def cond(state):
     keep, prev = state
@@ -55,9 +66,9 @@ def nms_mask(boxes: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray,
     keep, _ = state
     return step(keep), keep
 
-  keep0 = step(v)
-  keep_sorted, _ = jax.lax.while_loop(cond, body, (step(keep0), keep0))
-  return jnp.zeros((n,), bool).at[order].set(keep_sorted)
+  keep0 = step(valid)
+  keep, _ = jax.lax.while_loop(cond, body, (step(keep0), keep0))
+  return keep
 
 
 def batched_nms_mask(boxes: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray,
