@@ -9,14 +9,13 @@ dataset into `datasets/synthetic` (once), then runs `config.modes`:
            losses in runs/demo/train_metrics.jsonl; then evaluation on the 8 validation images
            (runs/demo/metrics.json, runs/demo/eval/);
   predict  the validation images -> runs/demo/panoptic.json + runs/demo/panoptic/*.png.
-A mode whose module does not exist yet is skipped with a message.
 
 Model: the widths of the small fixture model (stem 8, stage outputs 32/64/128/256, FPN 32, box MLP
 128, mask convs 32, relation 32/128, semantic 64) at 256/384 pixels, RAP relation head and RAP
 fusion.
 
-Expected: finishes in a few minutes on 2 CPU cores. Measured here (2 shared CPU cores, 1 JAX
-device, busy machine): 4 min 47 s end to end including data generation; stage 1 mean loss
+Expected: finishes in a few minutes on 2 CPU cores. Measured here (2 CPU cores, 1 JAX device):
+2 min 58 s end to end including data generation (4 min 47 s on a busy machine); stage 1 mean loss
 27.5 (steps 1-10) -> 2.42 (steps 91-100), ~0.8 s/step when the cores are free (1.4 s busy);
 stage 2 relation loss 1.26 (steps 101-110) -> 0.68 (151-160); PQ 2.9 (the model is tiny and
 trained for 160 steps: the number only shows that the pipeline runs).

@@ -8,13 +8,11 @@
 
 Any config value can be overridden with `--config.a.b=value`; unknown keys and invalid values stop
 the program with a message naming them (rap_jax/config_checks.py). Without `--mode`, the config's
-`modes` run in order (configs/demo.py: train, then predict), skipping (with a message) any whose
-module has not landed yet; an explicit `--mode` that is not available is an error.
+`modes` run in order (configs/demo.py: train, then predict).
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -33,19 +31,17 @@ flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() before 
                   "(implied when JAX_COORDINATOR_ADDRESS is set).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# mode -> (module, function(config, workdir), what the mode is called in messages)
+# mode -> (module, function(config, workdir)); imported only when the mode runs.
 MODE_FUNCTIONS = {
-    "train": ("rap_jax.train", "train_and_evaluate", "training"),
-    "eval": ("rap_jax.evaluate", "run", "evaluation"),
-    "predict": ("rap_jax.predict", "run", "prediction"),
+    "train": ("rap_jax.train", "train_and_evaluate"),
+    "eval": ("rap_jax.evaluate", "run"),
+    "predict": ("rap_jax.predict", "run"),
 }
 
 
 def mode_function(mode: str):
-  """The function that runs `mode`, or None while its module is not part of rap_jax yet."""
-  module, function, _ = MODE_FUNCTIONS[mode]
-  if importlib.util.find_spec(module) is None:
-    return None
+  """The function that runs `mode`."""
+  module, function = MODE_FUNCTIONS[mode]
   return getattr(importlib.import_module(module), function)
 
 
@@ -101,16 +97,6 @@ def main(argv: list[str]) -> None:
     config_checks.check_config(config, modes)
   except config_checks.ConfigError as e:
     sys.exit(f"rap_jax: {e}")
-  runnable = {m: mode_function(m) for m in modes}
-  for m in modes:
-    if runnable[m] is None:
-      module, _, what = MODE_FUNCTIONS[m]
-      message = (f"{what} is not available yet: {module} is not part of this checkout "
-                 f"(--mode {m} arrives with its issue)")
-      if FLAGS.mode:
-        sys.exit(f"rap_jax: {message}")
-      logging.warning("Skipping mode %s: %s", m, message)
-
   hide_gpus_from_tensorflow()
   initialize_jax(FLAGS.multihost)
   import jax  # pylint: disable=g-import-not-at-top
@@ -120,12 +106,8 @@ def main(argv: list[str]) -> None:
       f.write(config.to_json_best_effort(indent=2))
   prepare_data(config)
   for m in modes:
-    if runnable[m] is not None:
-      logging.info("Running mode %s in %s", m, workdir)
-      runnable[m](config, workdir)
-  skipped = [m for m in modes if runnable[m] is None]
-  if skipped:
-    print(f"rap_jax: skipped the modes not available yet: {', '.join(skipped)}", file=sys.stderr)
+    logging.info("Running mode %s in %s", m, workdir)
+    mode_function(m)(config, workdir)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

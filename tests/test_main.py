@@ -65,15 +65,11 @@ def run_main(monkeypatch, tmp_path):
   monkeypatch.setattr(rap_main, "initialize_jax", lambda multihost: None)
   monkeypatch.setattr(rap_main, "prepare_data", lambda config: calls.append(("data", config)))
 
-  def fake_mode_function(available):
-    def lookup(mode):
-      if mode not in available:
-        return None
-      return lambda config, workdir: calls.append((mode, config, workdir))
-    return lookup
+  def lookup(mode):
+    return lambda config, workdir: calls.append((mode, config, workdir))
 
-  def run(*args: str, available=("train", "eval", "predict"), config="configs/tiny.py"):
-    monkeypatch.setattr(rap_main, "mode_function", fake_mode_function(available))
+  def run(*args: str, config="configs/tiny.py"):
+    monkeypatch.setattr(rap_main, "mode_function", lookup)
     argv = ["rap_jax.main", "--config", config, "--workdir", str(tmp_path / "work"), *args]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
     monkeypatch.chdir(REPO)
@@ -114,28 +110,11 @@ def test_default_modes_come_from_the_config(run_main):
   assert calls[-1][1].predict.images == "datasets/synthetic/images/val2017"
 
 
-def test_missing_mode_is_skipped_in_a_sequence(run_main):
-  calls = run_main(config="configs/demo.py", available=("predict",))
-  assert [c[0] for c in calls] == ["data", "predict"]
-
-
-def test_missing_mode_asked_for_fails_clearly(run_main):
-  with pytest.raises(SystemExit, match="training is not available yet: rap_jax.train"):
-    run_main("--mode", "train", available=())
-
-
-def test_no_mode_available_still_prepares_the_data(run_main, capsys):
-  calls = run_main(config="configs/demo.py", available=())
-  assert [c[0] for c in calls] == ["data"]
-  assert "skipped the modes not available yet: train, predict" in capsys.readouterr().err
-
-
 def test_mode_functions_resolve_to_the_drivers():
   assert set(rap_main.MODE_FUNCTIONS) == set(config_checks.MODES)
-  for mode, (module, function, _) in rap_main.MODE_FUNCTIONS.items():
+  for mode, (module, function) in rap_main.MODE_FUNCTIONS.items():
     fn = rap_main.mode_function(mode)
-    if fn is not None:  # the driver exists: it has the documented entry point
-      assert fn.__name__ == function and fn.__module__ == module
+    assert fn.__name__ == function and fn.__module__ == module
 
 
 def test_prepare_data_generates_the_synthetic_set_once(tmp_path):
