@@ -20,7 +20,7 @@ Expected: finishes in a few minutes on 2 CPU cores. Measured here (2 CPU cores, 
 stage 2 relation loss 1.26 (steps 101-110) -> 0.68 (151-160); PQ 2.9 (the model is tiny and
 trained for 160 steps: the number only shows that the pipeline runs).
 """
-from configs import common
+from configs import common, recipes
 
 
 def get_config():
@@ -30,20 +30,8 @@ def get_config():
   config.original_output_dir = ""
   config.modes = ("train", "predict")
 
-  b = config.model.backbone
-  b.stem_out_channels = 8
-  b.width_per_group = 8
-  b.res2_out_channels = 32
-  config.model.fpn.out_channels = 32  # FieldReference: every head's in_channels follows
-  config.model.roi_heads.box.mlp_head_dim = 128
-  config.model.roi_heads.mask.conv_layers = (32, 32, 32, 32)
-  rel = config.model.roi_heads.relation
-  rel.kind = "rap"
-  rel.conv_dim = 32
-  rel.mlp_head_dim = 128
-  rel.oc_conv_dim = 64
-  rel.oc_mlp_head_dim = 128
-  config.model.semantic.conv_dim = 64
+  recipes.small_widths(config)
+  config.model.roi_heads.relation.kind = "rap"
   rpn = config.model.rpn
   rpn.pre_nms_top_n_test = rpn.pre_nms_top_n_train = 300
   rpn.post_nms_top_n_test = rpn.post_nms_top_n_train = 200

@@ -57,3 +57,22 @@ def relation_finetune(config: ml_collections.ConfigDict, kind: str) -> None:
   t.start_iter = 150000
   t.warmup_iters = 0
   t.checkpoint_period = 5000
+
+
+def small_widths(config) -> None:
+  """The reduced widths of the small fixture models (fixtures README "The small models"):
+  stem 8, width per group 8, stage outputs 32/64/128/256, FPN 32, box MLP 128, mask convs 32,
+  relation conv 32 / MLP 128, OCFusion conv 64 / MLP 128, semantic 64."""
+  b = config.model.backbone
+  b.stem_out_channels = 8
+  b.width_per_group = 8
+  b.res2_out_channels = 32
+  config.model.fpn.out_channels = 32  # FieldReference: every head's in_channels follows
+  config.model.roi_heads.box.mlp_head_dim = 128
+  config.model.roi_heads.mask.conv_layers = (32, 32, 32, 32)
+  rel = config.model.roi_heads.relation
+  rel.conv_dim = 32
+  rel.mlp_head_dim = 128
+  rel.oc_conv_dim = 64
+  rel.oc_mlp_head_dim = 128
+  config.model.semantic.conv_dim = 64
