@@ -156,9 +156,8 @@ def run(config, workdir: str, variables: Any = None) -> dict:
         pq_acc.add(image_id, gt_ids, gt_ann["segments_info"], panoptic_io.rgb2id(png), segments)
         v = result["valid"][i]
         masks = result["masks"][i][v][:, :h, :w]
-        detections += coco_ap.detections_to_coco(image_id, result["boxes"][i][v],
-                                                 result["scores"][i][v], result["labels"][i][v],
-                                                 masks)
+        detections += predict.instance_records(result, i, image_id, gt_ann["file_name"], (h, w),
+                                               with_relation=False)
         if rel_acc is not None:
           gt_boxes, gt_inst = gt_boxes_resized(gt["instances_by_image"].get(image_id, []),
                                                (h, w), batch.resized_hw[i])

@@ -17,9 +17,7 @@ import pathlib
 from typing import Any, Iterator, Sequence
 
 import jax
-import numpy as np
 from absl import logging
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rap_jax import checkpoint
@@ -27,6 +25,7 @@ from rap_jax import inference
 from rap_jax import panoptic_io
 from rap_jax import visualize
 from rap_jax.data import transforms as T
+from rap_jax.metrics import coco_ap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -65,23 +64,19 @@ def instance_records(result: dict, i: int, image_id: Any, file_name: str,
   """COCO detection results of image i of a batch result (host numpy arrays).
 
   bbox = [x1, y1, x2 - x1 + 1, y2 - y1 + 1] in original pixels (maskrcnn-benchmark's "+1"
-  width convention); segmentation = RLE of the pasted mask (pycocotools).
+  width convention); segmentation = RLE of the pasted mask; plus `file_name` and, for RAP models,
+  the `relation` value.
   """
   h, w = (int(v) for v in original_hw)
-  valid = result["valid"][i]
-  out = []
-  for k in np.flatnonzero(valid):
-    x1, y1, x2, y2 = (float(v) for v in result["boxes"][i, k])
-    rle = mask_utils.encode(np.asfortranarray(result["masks"][i, k, :h, :w].astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    rec = {"image_id": image_id, "file_name": file_name,
-           "category_id": int(result["labels"][i, k]),
-           "bbox": [x1, y1, x2 - x1 + 1.0, y2 - y1 + 1.0],
-           "score": float(result["scores"][i, k]), "segmentation": rle}
-    if with_relation:
-      rec["relation"] = float(result["relation"][i, k])
-    out.append(rec)
-  return out
+  v = result["valid"][i]
+  records = coco_ap.detections_to_coco(image_id, result["boxes"][i][v], result["scores"][i][v],
+                                       result["labels"][i][v], result["masks"][i][v][:, :h, :w])
+  relation = result["relation"][i][v] if with_relation else None
+  for k, rec in enumerate(records):
+    rec["file_name"] = file_name
+    if relation is not None:
+      rec["relation"] = float(relation[k])
+  return records
 
 
 def _atomic_json(path: pathlib.Path, content: Any) -> None:
