@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rap_jax.ops.masks import paste_masks, paste_windows
 from rap_jax.ops.resize import resize_bilinear
@@ -23,7 +24,6 @@ def resize_ratios(original_hw, resized_hw):
 
   Args: [N, 2] int arrays (host numpy). Returns numpy float32 [N, 2].
   """
-  import numpy as np
   o = np.asarray(original_hw, np.float64)
   r = np.asarray(resized_hw, np.float64)
   return (o / r).astype(np.float32)
