@@ -1,5 +1,5 @@
 """rap_jax: Relation Aware Panoptic segmentation in JAX/Flax."""
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 INSTALL_REQUIRES = [
     "jax==0.10.2",
@@ -37,4 +37,8 @@ setup(
     packages=find_packages(include=["rap_jax", "rap_jax.*", "convert", "convert.*", "configs", "configs.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
+    # PQ's PNG un-filtering in C (rap_jax/metrics/pq_io.py). Optional: without a C compiler or
+    # Python's headers the install goes on, and pq_io falls back to pyspng / OpenCV / Pillow.
+    ext_modules=[Extension("rap_jax.metrics._png_unfilter", ["rap_jax/metrics/_png_unfilter.c"],
+                           optional=True)],
 )

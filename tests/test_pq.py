@@ -322,7 +322,8 @@ def test_png_reader_matches_pillow(tmp_path):
   assert (pq.rgb_to_id(ref.ids_to_rgb(ids)) == ids).all()
 
 
-DECODER_SETS = [("libdeflate", "pyspng"), ("pyspng",), ("libdeflate", "cv2"), ("cv2",), ()]
+DECODER_SETS = [("libdeflate", "pyspng"), ("pyspng",), ("libdeflate", "cv2"), ("cv2",), (),
+                ("native", "libdeflate", "pyspng"), ("native",)]
 
 
 def test_png_decoders_agree(tmp_path):
@@ -348,7 +349,7 @@ def test_png_decoders_agree(tmp_path):
   assert open(files[-2], "rb").read().count(b"IDAT") > 1  # large, compress_level 0
   readers = [pq.PngIdReader(use) for use in DECODER_SETS]
   assert readers[0].decoders[:2] == ("pyspng", "libdeflate") or "libdeflate" not in readers[0].decoders
-  assert [r.decoders for r in readers[3:]] == [("cv2", "pillow"), ("pillow",)]
+  assert [r.decoders for r in readers[3:5]] == [("cv2", "pillow"), ("pillow",)]
   for path in files:
     expected = pq.read_png_pil(path)
     for reader in readers:
@@ -370,10 +371,15 @@ def test_png_decoders_report_bad_files(tmp_path):
 
 
 def test_pyspng_import_failure_falls_back(random_sets, monkeypatch):
-  """Without pyspng (or libdeflate, or OpenCV too), the same numbers, bit for bit."""
+  """Without the C extension, pyspng (or libdeflate, or OpenCV too): the same numbers, bit for
+  bit."""
   paths = random_sets[1]
   args = (paths["gt_json"], paths["pred_json"], paths["gt_folder"], paths["pred_folder"])
   fast = pq.pq_compute(*args, workers=1, verbose=False)
+  monkeypatch.setattr(pq_io, "_import_unfilter", lambda: None)  # the C extension not built
+  monkeypatch.setattr(pq_io, "_READER", None)
+  assert "native" not in pq_io.process_reader().decoders
+  assert pq.pq_compute(*args, workers=1, verbose=False) == fast
   monkeypatch.setattr(pq_io._Libdeflate, "load", classmethod(lambda cls: None))
   for missing, decoders in ((["pyspng"], ("cv2", "pillow")), ([], ("pyspng", "pillow")),
                             (["pyspng", "cv2"], ("pillow",))):
@@ -383,6 +389,115 @@ def test_pyspng_import_failure_falls_back(random_sets, monkeypatch):
       m.setattr(pq_io, "_READER", None)
       assert pq_io.process_reader().decoders == decoders
       assert pq.pq_compute(*args, workers=1, verbose=False) == fast
+
+
+def png_filter(pixels, types):
+  """[H, W, C] uint8 -> the PNG scanlines (filter byte + filtered bytes), row y with filter
+  types[y] (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth), by the PNG spec's formulas."""
+  h, w, c = pixels.shape
+  x = pixels.reshape(h, w * c).astype(np.int64)
+  rows = []
+  for y in range(h):
+    cur, up = x[y], x[y - 1] if y else np.zeros_like(x[0])
+    left = np.concatenate([np.zeros(c, np.int64), cur[:-c]])
+    up_left = np.concatenate([np.zeros(c, np.int64), up[:-c]])
+    p = left + up - up_left
+    pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+    pred = (0 * cur, left, up, (left + up) // 2, paeth)[types[y]]
+    rows.append(bytes([types[y]]) + ((cur - pred) % 256).astype(np.uint8).tobytes())
+  return b"".join(rows)
+
+
+def png_bytes(pixels, types, idat_parts=3, level=6):
+  """A PNG of [H, W, 3|4] uint8 pixels with the given per-row filter types (several IDATs)."""
+  import struct
+  import zlib
+
+  def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+  h, w, c = pixels.shape
+  z = zlib.compress(png_filter(pixels, types), level)
+  cut = np.linspace(0, len(z), idat_parts + 1).astype(int)
+  header = struct.pack(">IIBBBBB", w, h, 8, 2 if c == 3 else 6, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+          + b"".join(chunk(b"IDAT", z[a:b]) for a, b in zip(cut[:-1], cut[1:]))
+          + chunk(b"IEND", b""))
+
+
+def unfilter_images():
+  """Images for the un-filter: blocks (Paeth's per-pixel shortcuts), noise, small values (ties
+  of Paeth's distances), values around 0 / 255 (wrapping sums), odd widths."""
+  rng = np.random.default_rng(7)
+  blocks = np.kron(rng.integers(0, 256, (5, 6, 4)), np.ones((7, 9, 1), np.int64))[:33, :50]
+  return [blocks.astype(np.uint8), rng.integers(0, 256, (21, 17, 4), np.uint8),
+          rng.integers(0, 4, (40, 31, 4), np.uint8),
+          rng.choice([0, 1, 254, 255], (19, 23, 4)).astype(np.uint8),
+          rng.integers(0, 256, (1, 1, 4), np.uint8), rng.integers(0, 3, (6, 1, 4), np.uint8)]
+
+
+@pytest.mark.parametrize("use", [("native", "libdeflate"), ("native",)])
+def test_native_unfilter_every_filter_type(tmp_path, use):
+  """The C un-filter (libdeflate or zlib inflating) gives Pillow's ids for PNGs of every filter
+  type (forced per row), RGB and RGBA, and for Pillow's own PNGs at several settings."""
+  pytest.importorskip("rap_jax.metrics._png_unfilter")
+  reader = pq.PngIdReader(use)
+  assert reader.decoders[0] == "native"
+  if "libdeflate" not in use:
+    assert "libdeflate" not in reader.decoders  # Python's zlib inflates
+  rng = np.random.default_rng(8)
+  datas = []
+  for rgba in unfilter_images():
+    h = rgba.shape[0]
+    for pixels in (rgba[..., :3], rgba):
+      for types in ([t] * h for t in range(5)):  # one type for all rows
+        datas.append(png_bytes(np.ascontiguousarray(pixels), types))
+      datas.append(png_bytes(np.ascontiguousarray(pixels), rng.integers(0, 5, h).tolist(), 1, 1))
+      for kwargs in ({}, {"optimize": True}, {"compress_level": 0}, {"compress_level": 1},
+                     {"compress_level": 9}):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(pixels)).save(buf, "PNG", **kwargs)
+        datas.append(buf.getvalue())
+  for k, data in enumerate(datas):
+    expected = pq.rgb_to_id(pq_io._pil_rgb(data))
+    got = reader._native(pq_io._png_layout(data), slot=k % 2)  # not the fallback
+    assert got is not None and got.dtype == np.uint32 and (got == expected).all(), k
+    path = tmp_path / f"{k}.png"
+    path.write_bytes(data)
+    assert (reader(str(path)) == expected).all()
+    assert (pq.read_panoptic_png(str(path)) == expected).all()
+
+
+def test_native_unfilter_rejects_bad_data(tmp_path):
+  """Unknown filter types and corrupt data go to the other decoders, which name the file."""
+  native = pytest.importorskip("rap_jax.metrics._png_unfilter")
+  pixels = unfilter_images()[0][..., :3].copy()
+  data = bytearray(png_bytes(pixels, [1] * pixels.shape[0], 1, 0))  # stored: bytes as they are
+  h, w, _ = pixels.shape
+  layout = pq_io._png_layout(bytes(data))
+  raw = __import__("zlib").decompress(layout[4])
+  out = np.empty((h, w), np.uint32)
+  native.unfilter_ids(raw, out, h, w, 3)
+  assert (out == pq.rgb_to_id(pixels)).all()
+  for args, message in (((raw[:-1], out, h, w, 3), "too short"),
+                        ((raw, out[:-1], h, w, 3), "out must"),
+                        ((raw, out, h, w, 2), "channel")):
+    with pytest.raises(ValueError, match=message):
+      native.unfilter_ids(*args)
+  with pytest.raises(TypeError):  # not contiguous
+    native.unfilter_ids(raw, out[:, ::2], h, w // 2, 3)
+  bad_raw = bytearray(raw)
+  bad_raw[5 * (1 + 3 * w)] = 5  # row 5: filter type 5
+  with pytest.raises(ValueError, match="filter type 5 in row 5"):
+    native.unfilter_ids(bytes(bad_raw), out, h, w, 3)
+  idat = data.index(b"IDAT") + 4  # zlib header (2 bytes), then a stored block's header (5 bytes)
+  data[idat + 7 + 5 * (1 + 3 * w)] = 5
+  bad = tmp_path / "bad_filter.png"
+  bad.write_bytes(bytes(data))
+  assert pq.PngIdReader()._native(pq_io._png_layout(bytes(data)), 0) is None
+  for use in (("native", "libdeflate", "pyspng"), ("native", "cv2"), ("native",)):
+    with pytest.raises(ValueError, match="cannot decode PNG .*bad_filter.png"):
+      pq.PngIdReader(use)(str(bad))
 
 
 def test_runs_of_odd_shapes_and_layouts():
