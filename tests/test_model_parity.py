@@ -6,6 +6,12 @@ boxes/labels/order, scores 1e-4; mask logits and relation values 1e-3; semantic 
 1e-3; pasted masks identical; semantic_seg identical except pixels at a numeric tie.
 Both photos run in ONE batch on a shared canvas (the original ran each alone at its own padded
 size), so these checks also cover canvas and batch independence.
+
+"Same order" is exact except inside a numeric tie: two proposals (detections) whose reference
+scores differ by less than the asserted score tolerance may come out swapped, since either order
+is a correct float32 answer and AVX2 and AVX-512 kernels pick differently (coffee: proposals
+739/740, objectness 0.44837555 vs 0.44837546). `parity_helpers.tie_aware_order` finds such swaps,
+checks each is inside a tie, and every later comparison reads our rows in the reference's order.
 """
 import json
 
@@ -15,16 +21,9 @@ import pytest
 from configs.fixtures import rap_small
 from rap_jax import inference
 from rap_jax.data import transforms as T
+from parity_helpers import DET_SCORE_TOL, PROPOSAL_SCORE_TOL, nchw, orders, rel_err
 
 IMAGES = ("astronaut", "coffee")
-
-
-def nchw(x):
-  return np.asarray(x)[0].transpose(1, 2, 0)
-
-
-def rel_err(mine, ref):
-  return float(np.abs(np.asarray(mine, np.float64) - ref).max() / (np.abs(ref).max() + 1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +72,27 @@ def test_proposals_same_boxes_same_order(setup, i, name):
   d = refs[name]
   n = len(d["proposals_objectness"])
   assert out["proposals_valid"][i].sum() == n
-  np.testing.assert_allclose(out["objectness"][i][:n], d["proposals_objectness"], atol=1e-5)
-  # Same boxes in the same order: decoded coordinates agree to float32 noise.
-  np.testing.assert_allclose(out["proposals"][i][:n], d["proposals_boxes"], atol=1e-3, rtol=0)
+  prop, _ = orders(out, d, i)
+  np.testing.assert_allclose(out["objectness"][i][:n][prop], d["proposals_objectness"],
+                             atol=PROPOSAL_SCORE_TOL)
+  # Same boxes in the same order (up to ties): decoded coordinates agree to float32 noise.
+  np.testing.assert_allclose(out["proposals"][i][:n][prop], d["proposals_boxes"], atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("i,name", list(enumerate(IMAGES)))
 def test_box_head_and_detections(setup, i, name):
   _, _, _, _, out, refs = setup
   d = refs[name]
-  assert rel_err(out["box_class_logits"][i], d["box_class_logits"]) < 1e-3
-  assert rel_err(out["box_regression"][i], d["box_regression"]) < 1e-3
+  prop, det = orders(out, d, i)
+  rows = np.concatenate([prop, np.arange(len(prop), len(out["box_class_logits"][i]))])
+  assert rel_err(out["box_class_logits"][i][rows], d["box_class_logits"]) < 1e-3
+  assert rel_err(out["box_regression"][i][rows], d["box_regression"]) < 1e-3
   n = len(d["det_scores"])
   assert int(out["det_num"][i]) == n
-  np.testing.assert_array_equal(out["det_labels"][i][:n], d["det_labels"])
-  np.testing.assert_allclose(out["det_scores"][i][:n], d["det_scores"], atol=1e-4, rtol=0)
-  np.testing.assert_allclose(out["det_boxes"][i][:n], d["det_boxes"], atol=1e-3, rtol=0)
+  np.testing.assert_array_equal(out["det_labels"][i][:n][det], d["det_labels"])
+  np.testing.assert_allclose(out["det_scores"][i][:n][det], d["det_scores"], atol=DET_SCORE_TOL,
+                             rtol=0)
+  np.testing.assert_allclose(out["det_boxes"][i][:n][det], d["det_boxes"], atol=1e-3, rtol=0)
   assert not out["det_valid"][i][n:].any()
 
 
@@ -97,11 +101,12 @@ def test_mask_relation_semantic_heads(setup, i, name):
   _, _, _, _, out, refs = setup
   d = refs[name]
   n = len(d["det_scores"])
-  roi = out["mask_roi_features"][i][:n].transpose(0, 3, 1, 2)
+  _, det = orders(out, d, i)
+  roi = out["mask_roi_features"][i][:n][det].transpose(0, 3, 1, 2)
   assert rel_err(roi, d["mask_roi_features"]) < 1e-3
-  np.testing.assert_allclose(out["mask_logits"][i][:n], d["mask_logits"], atol=1e-3, rtol=0)
-  np.testing.assert_allclose(out["mask_probs"][i][:n], d["mask_probs"], atol=1e-4, rtol=0)
-  np.testing.assert_allclose(out["relation"][i][:n], d["relation_val"], atol=1e-3, rtol=0)
+  np.testing.assert_allclose(out["mask_logits"][i][:n][det], d["mask_logits"], atol=1e-3, rtol=0)
+  np.testing.assert_allclose(out["mask_probs"][i][:n][det], d["mask_probs"], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(out["relation"][i][:n][det], d["relation_val"], atol=1e-3, rtol=0)
   ref = nchw(d["semantic_logits_quarter"])
   mine = out["semantic_logits"][i][:ref.shape[0], :ref.shape[1]]
   np.testing.assert_allclose(mine, ref, atol=1e-3, rtol=0)
@@ -114,9 +119,11 @@ def test_pasted_masks_and_semantic_map(setup, i, name):
   fin = out["final"]
   h, w = items[i].original_hw
   n = len(d["det_scores"])
-  np.testing.assert_allclose(fin["boxes"][i][:n], d["det_boxes_original_size"], atol=2e-3, rtol=0)
+  _, det = orders(out, d, i)
+  np.testing.assert_allclose(fin["boxes"][i][:n][det], d["det_boxes_original_size"], atol=2e-3,
+                             rtol=0)
   masks = fin["masks"][i]
-  np.testing.assert_array_equal(masks[:n, :h, :w], d["masks_pasted"])
+  np.testing.assert_array_equal(masks[:n, :h, :w][det], d["masks_pasted"])
   assert not masks[n:].any() and not masks[:, h:].any() and not masks[:, :, w:].any()
   seg = fin["semantic"][i][:h, :w]
   diff = np.argwhere(seg != d["semantic_seg"])
