@@ -6,8 +6,19 @@
 Every image of `config.data.eval_split` goes through the same jitted step as predict mode
 (network, post-processing, fusion) in padded fixed-size batches (no recompilation on the last
 batch, nothing lost); PQ is accumulated in memory from the fused id maps (no PNG round trip).
+Every fusion the model supports is scored on the same detections (`inference.supported_fusions`:
+a RAP model with rap and heuristic, an OCFusion model with ocfusion and heuristic); the outputs
+written are those of `config.fusion.method`.
 Writes `DIR/eval/panoptic.json` + `DIR/eval/panoptic/<gt file name>` (COCO panoptic predictions),
 `DIR/eval/instances.json` (COCO detection results), `DIR/metrics.json` and `DIR/metrics.txt`.
+
+metrics.json (PQ as fractions in [0, 1]):
+  {"panoptic": {"<fusion>": {"all": {pq, sq, rq, n}, "things": {...}, "stuff": {...}}, ...},
+   "relation": {"accuracy", "score_order_accuracy", "pairs", "inferred", "images"} (relation models
+               on a split with relations; accuracy None only when no pair was found),
+   "bbox": {"AP", "AP50", ...}, "segm": {...},
+   "pq": panopticapi's result of the configured fusion (All/Things/Stuff/per_class),
+   "fusion", "fusions", "split", "num_images"}
 Several hosts: each evaluates its slice of the split and writes `DIR/eval/part_<p>.json`;
 process 0 merges them (the workdir must be shared).
 """
@@ -23,6 +34,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from rap_jax import checkpoint
 from rap_jax import inference
 from rap_jax import panoptic_io
 from rap_jax import postprocess as pp
@@ -30,6 +42,7 @@ from rap_jax.data import categories
 from rap_jax.metrics import coco_ap
 from rap_jax.metrics import pq as pq_lib
 from rap_jax.metrics import relation_accuracy
+from rap_jax.modeling.panoptic_rcnn import abstract_variables
 
 
 def _load_json(path: pathlib.Path) -> dict:
@@ -92,8 +105,24 @@ def _batch_from_eval(batch: dict, out_hw: tuple[int, int]) -> inference.Batch:
                          np.asarray(info["original_hw"], np.int32), ratios, pad, keys, out_hw)
 
 
+def _fusion_table(panoptic: dict) -> str:
+  """PQ/SQ/RQ (in %) of every fusion side by side."""
+  methods = list(panoptic)
+  lines = [f"{'':8s}" + "".join(f"{m:>28s}" for m in methods),
+           f"{'':8s}" + "".join(f"{'PQ':>10s}{'SQ':>6s}{'RQ':>6s}{'N':>6s}" for _ in methods)]
+  for group in ("all", "things", "stuff"):
+    row = f"{group:8s}"
+    for m in methods:
+      g = panoptic[m][group]
+      row += f"{100 * g['pq']:10.2f}{100 * g['sq']:6.1f}{100 * g['rq']:6.1f}{g['n']:6d}"
+    lines.append(row)
+  return "\n".join(lines)
+
+
 def _table(metrics: dict) -> str:
   lines = [pq_lib.format_table(metrics["pq"]), ""]
+  if len(metrics.get("panoptic", {})) > 1:
+    lines += ["PQ of each fusion on the same detections:", _fusion_table(metrics["panoptic"]), ""]
   for iou_type in ("bbox", "segm"):
     if iou_type in metrics:
       m = metrics[iou_type]
@@ -102,8 +131,8 @@ def _table(metrics: dict) -> str:
   rel = metrics.get("relation")
   if rel:
     fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
-    lines.append(f"relation accuracy {fmt(rel['relation_acc'])} (score order "
-                 f"{fmt(rel['score_acc'])}) over {rel['num_pairs']} pairs")
+    lines.append(f"relation accuracy {fmt(rel['accuracy'])} (score order "
+                 f"{fmt(rel['score_order_accuracy'])}) over {rel['pairs']} pairs")
   lines.append(f"images: {metrics['num_images']}")
   return "\n".join(lines)
 
@@ -112,11 +141,11 @@ def run(config, workdir: str, variables: Any = None) -> dict:
   """Evaluate on `config.data.eval_split`; returns the metrics dict (also written to disk)."""
   from rap_jax.data import coco, input_pipeline  # pylint: disable=import-outside-toplevel
   from rap_jax import predict  # pylint: disable=import-outside-toplevel
+  fusions = inference.supported_fusions(config)
   if variables is None:
-    predictor = inference.Predictor.from_checkpoint(config, predict.find_checkpoint(config,
-                                                                                    workdir))
-  else:
-    predictor = inference.Predictor(config, variables)
+    variables = checkpoint.restore_variables(predict.find_checkpoint(config, workdir),
+                                             abstract_variables(config))
+  predictor = inference.Predictor(config, variables, extra_fusions=fusions[1:])
   gt = ground_truth(config)
   builder = coco.get_builder(config.data)
   ds, plan = input_pipeline.create_eval_dataset(config, builder)
@@ -126,7 +155,7 @@ def run(config, workdir: str, variables: Any = None) -> dict:
   out_dir = pathlib.Path(workdir) / "eval"
   png_dir = out_dir / "panoptic"
   ids = panoptic_io.IdGenerator()
-  pq_acc = pq_lib.PQAccumulator(gt["panoptic"]["categories"])
+  pq_accs = {m: pq_lib.PQAccumulator(gt["panoptic"]["categories"]) for m in fusions}
   method = config.fusion.method
   rel_acc = None
   if gt["has_relations"] and method in ("rap", "ocfusion"):
@@ -140,6 +169,7 @@ def run(config, workdir: str, variables: Any = None) -> dict:
       batch = _batch_from_eval(raw, out_hw)
       result = jax.device_get(predictor(batch))
       fused = result.pop("fusion")
+      others = result.pop("fusions", {method: fused})
       for i, image_id in enumerate(batch.keys):
         if image_id is None:
           continue
@@ -153,7 +183,13 @@ def run(config, workdir: str, variables: Any = None) -> dict:
         annotations.append({"image_id": image_id, "file_name": gt_ann["file_name"],
                             "segments_info": segments})
         gt_ids = pq_lib.read_panoptic_png(str(gt["panoptic_folder"] / gt_ann["file_name"]))
-        pq_acc.add(image_id, gt_ids, gt_ann["segments_info"], panoptic_io.rgb2id(png), segments)
+        pq_accs[method].add(image_id, gt_ids, gt_ann["segments_info"], panoptic_io.rgb2id(png),
+                            segments)
+        for m in fusions[1:]:  # the other fusions, scored only (ids need not replay the writer's)
+          m_png, m_segments = panoptic_io.fusion_to_panoptic(others[m][i], (h, w),
+                                                             panoptic_io.IdGenerator())
+          pq_accs[m].add(image_id, gt_ids, gt_ann["segments_info"], panoptic_io.rgb2id(m_png),
+                         m_segments)
         v = result["valid"][i]
         masks = result["masks"][i][v][:, :h, :w]
         detections += predict.instance_records(result, i, image_id, gt_ann["file_name"], (h, w),
@@ -170,13 +206,15 @@ def run(config, workdir: str, variables: Any = None) -> dict:
                       occlusion=(result["occlusion"][i][np.ix_(v, v)] if "occlusion" in result
                                  else None))
   part = {"annotations": annotations, "detections": detections,
-          "pq": {k: getattr(pq_acc.stat, k).tolist() for k in ("tp", "fp", "fn", "iou")},
+          "pq": {m: {k: getattr(acc.stat, k).tolist() for k in ("tp", "fp", "fn", "iou")}
+                 for m, acc in pq_accs.items()},
           "pq_images": sorted(int(a["image_id"]) for a in annotations),
           "relation": None if rel_acc is None else rel_acc.counts}
-  return _finish(config, workdir, out_dir, part, pq_acc, rel_acc, gt)
+  return _finish(config, workdir, out_dir, part, pq_accs[method].table, fusions, rel_acc, gt)
 
 
-def _finish(config, workdir: str, out_dir: pathlib.Path, part: dict, pq_acc, rel_acc, gt) -> dict:
+def _finish(config, workdir: str, out_dir: pathlib.Path, part: dict, table, fusions, rel_acc,
+            gt) -> dict:
   """Merge the hosts' parts (file based) on process 0 and write every output."""
   out_dir.mkdir(parents=True, exist_ok=True)
   if jax.process_count() > 1:
@@ -189,12 +227,13 @@ def _finish(config, workdir: str, out_dir: pathlib.Path, part: dict, pq_acc, rel
              for p in range(jax.process_count())]
   else:
     parts = [part]
-  stat = pq_lib.PQStat.zeros(len(pq_acc.table))
+  stats = {m: pq_lib.PQStat.zeros(len(table)) for m in fusions}
   annotations, detections, rel_counts = [], [], None
   for p in parts:
-    stat += pq_lib.PQStat(*(np.asarray(p["pq"][k], dt) for k, dt in
-                            (("tp", np.int64), ("fp", np.int64), ("fn", np.int64),
-                             ("iou", np.float64))))
+    for m in fusions:
+      stats[m] += pq_lib.PQStat(*(np.asarray(p["pq"][m][k], dt) for k, dt in
+                                  (("tp", np.int64), ("fp", np.int64), ("fn", np.int64),
+                                   ("iou", np.float64))))
     annotations += p["annotations"]
     detections += p["detections"]
     if p["relation"] is not None:
@@ -203,8 +242,12 @@ def _finish(config, workdir: str, out_dir: pathlib.Path, part: dict, pq_acc, rel
   annotations.sort(key=lambda a: a["image_id"])
   panoptic_io.write_panoptic_json(out_dir / "panoptic.json", annotations)
   (out_dir / "instances.json").write_text(json.dumps(detections))
-  metrics: dict[str, Any] = {"pq": stat.results(pq_acc.table), "num_images": len(annotations),
-                             "split": config.data.eval_split, "fusion": config.fusion.method}
+  results = {m: stats[m].results(table) for m in fusions}
+  metrics: dict[str, Any] = {
+      "panoptic": {m: {group.lower(): r[group] for group in ("All", "Things", "Stuff")}
+                   for m, r in results.items()},
+      "pq": results[config.fusion.method], "num_images": len(annotations),
+      "split": config.data.eval_split, "fusion": config.fusion.method, "fusions": list(fusions)}
   if detections:
     metrics.update(coco_ap.coco_ap(str(gt["instances_path"]), detections))
   else:
@@ -212,13 +255,16 @@ def _finish(config, workdir: str, out_dir: pathlib.Path, part: dict, pq_acc, rel
     metrics.update({t: {n: 0.0 for n in coco_ap.STAT_NAMES} for t in ("bbox", "segm")})
   if rel_acc is not None and rel_counts is not None:
     rel_acc.counts = rel_counts
-    metrics["relation"] = rel_acc.result()
+    r = rel_acc.result()
+    metrics["relation"] = {"accuracy": r["relation_acc"], "score_order_accuracy": r["score_acc"],
+                           "pairs": r["num_pairs"], "inferred": r["num_inferred"],
+                           "images": r["num_images"]}
   metrics["pq"]["per_class"] = {str(k): v for k, v in metrics["pq"]["per_class"].items()}
   table = _table(metrics)
   root = pathlib.Path(workdir)
   (root / "metrics.json").write_text(json.dumps(metrics, indent=1))
   (root / "metrics.txt").write_text(table + "\n")
-  print(table)
+  logging.info("eval metrics:\n%s", table)
   logging.info("eval: PQ %.3f over %d images -> %s", 100 * metrics["pq"]["All"]["pq"],
                metrics["num_images"], root / "metrics.json")
   return metrics

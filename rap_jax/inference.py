@@ -105,18 +105,42 @@ def batches(items: Iterable[ImageInput], input_config, batch_size: int,
       yield make_batch(group, batch_size, canvas, out_multiple)
 
 
-class Predictor:
-  """Network + post-processing + fusion, jitted per static batch shape."""
+def supported_fusions(config) -> tuple[str, ...]:
+  """Every fusion the configured model can feed, `config.fusion.method` first.
 
-  def __init__(self, config, variables):
+  A RAP model: rap + heuristic; an OCFusion model: ocfusion + heuristic; Panoptic FPN: heuristic.
+  Eval scores them all on the same detections (the network runs once).
+  """
+  kind = config.model.roi_heads.relation.kind
+  methods = [config.fusion.method]
+  for m in ({"rap": ("rap",), "ocfusion": ("ocfusion",)}.get(kind, ()) + ("heuristic",)):
+    if m not in methods:
+      methods.append(m)
+  return tuple(methods)
+
+
+class Predictor:
+  """Network + post-processing + fusion, jitted per static batch shape.
+
+  `extra_fusions`: further fusion methods run in the same step on the same detections; their
+  results come back under "fusions" (a dict by method, the configured one included).
+  """
+
+  def __init__(self, config, variables, extra_fusions: Sequence[str] = ()):
     self.config = config
     self.model = PanopticRCNN.from_config(config.model)
     self.variables = jax.device_put(variables)
     self.fusion_cfg = fusion_ops.FusionConfig.from_config(config.fusion,
                                                           tile=fusion_ops.default_tile())
     self.relation_kind = config.model.roi_heads.relation.kind
-    if self.fusion_cfg.method == "ocfusion" and self.relation_kind != "ocfusion":
-      raise ValueError("fusion.method 'ocfusion' needs model.roi_heads.relation.kind 'ocfusion'")
+    methods = [self.fusion_cfg.method] + [m for m in extra_fusions if m != self.fusion_cfg.method]
+    needs = {"rap": "rap", "ocfusion": "ocfusion"}
+    for m in methods:
+      if m in needs and self.relation_kind != needs[m]:
+        raise ValueError(f"fusion.method {m!r} needs model.roi_heads.relation.kind {needs[m]!r} "
+                         f"(this model: {self.relation_kind!r})")
+    self.extra_fusion_cfgs = tuple(dataclasses.replace(self.fusion_cfg, method=m)
+                                   for m in methods[1:])
     self._step = jax.jit(self._step_impl, static_argnames=("out_hw", "intermediates"))
 
   @classmethod
@@ -141,11 +165,17 @@ class Predictor:
         self.fusion_cfg, post["masks"], out["det_scores"], labels_coco, post["semantic"],
         valid=out["det_valid"], relation=relation, occlusion=occlusion,
         mask_windows=post["mask_windows"], batched=True)
+    extra = {cfg.method: fusion_ops.fuse_with_settings(
+        cfg, post["masks"], out["det_scores"], labels_coco, post["semantic"],
+        valid=out["det_valid"], relation=relation, occlusion=occlusion,
+        mask_windows=post["mask_windows"], batched=True) for cfg in self.extra_fusion_cfgs}
     result = dict(boxes=post["boxes"], boxes_resized=out["det_boxes"], masks=post["masks"],
                   semantic=post["semantic"],
                   scores=out["det_scores"], labels=labels_coco,
                   labels_contiguous=out["det_labels"], valid=out["det_valid"],
                   num_detections=out["det_num"], fusion=fused)
+    if extra:
+      result["fusions"] = {self.fusion_cfg.method: fused, **extra}
     if relation is not None:
       result["relation"] = relation
     if occlusion is not None:
