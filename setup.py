@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.0",
     "tqdm>=4.60",
     "opencv-python-headless>=4.8",
+    "matplotlib>=3.8",  # training curves (rap_jax/console.py)
     "pyspng==0.1.4",  # PQ's PNG decoder (rap_jax/metrics/pq_io.py; OpenCV / Pillow without it)
 ]
 
