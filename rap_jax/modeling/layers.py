@@ -8,7 +8,8 @@ uses its size, so each image's result equals the original run of that image alon
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,12 +42,52 @@ def mask_invalid(x: Array, padded_hw: Array | None, stride: int) -> Array:
   return jnp.where(valid_mask(padded_hw, stride, x.shape[1:3]), x, jnp.zeros((), x.dtype))
 
 
+# The original's initialisers (`modeling/make_layers.py`, `backbone/resnet.py`), used by the layers
+# of its GroupNorm variants (trained from scratch). Fan-in/out as PyTorch: kh*kw*(in/groups), kh*kw*out.
+KAIMING_UNIFORM_A1 = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")  # kaiming_uniform_(a=1)
+KAIMING_NORMAL_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # (fan_out, relu)
+NORMAL_001 = nn.initializers.normal(0.01)                                        # normal_(std=0.01)
+
+
 def conv(features: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = True,
-         name: str | None = None, dtype: Any = jnp.float32) -> nn.Conv:
-  """A PyTorch `Conv2d(k, stride, padding=k//2)` as a Flax conv (explicit symmetric padding)."""
+         name: str | None = None, dtype: Any = jnp.float32,
+         kernel_init: Callable | None = None) -> nn.Conv:
+  """A PyTorch `Conv2d(k, stride, padding=k//2)` as a Flax conv (explicit symmetric padding).
+
+  `kernel_init` None keeps Flax's default (lecun normal); biases start at 0.
+  """
   p = kernel // 2
+  init = {} if kernel_init is None else {"kernel_init": kernel_init}
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
-                 feature_group_count=groups, use_bias=bias, name=name, dtype=dtype)
+                 feature_group_count=groups, use_bias=bias, name=name, dtype=dtype, **init)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupNormSpec:
+  """`MODEL.GROUP_NORM` (`config.model.group_norm`): the GroupNorm of the `USE_GN` / `*WithGN`
+  options. Exactly one of `dim_per_gp` (channels per group) and `num_groups` is -1."""
+  dim_per_gp: int = -1
+  num_groups: int = 32
+  epsilon: float = 1e-5
+
+  def groups(self, channels: int) -> int:
+    """`get_group_gn(channels, dim_per_gp, num_groups)`: the group count for `channels`."""
+    if (self.dim_per_gp == -1) == (self.num_groups == -1):
+      raise ValueError(f"GroupNorm: exactly one of dim_per_gp={self.dim_per_gp} and "
+                       f"num_groups={self.num_groups} must be -1")
+    if self.dim_per_gp > 0:
+      if channels % self.dim_per_gp:
+        raise ValueError(f"GroupNorm: {channels} channels not divisible by dim_per_gp="
+                         f"{self.dim_per_gp}")
+      return channels // self.dim_per_gp
+    if self.num_groups <= 0 or channels % self.num_groups:
+      raise ValueError(f"GroupNorm: {channels} channels not divisible by num_groups="
+                       f"{self.num_groups}")
+    return self.num_groups
+
+  def layer(self, channels: int, name: str) -> "MaskedGroupNorm":
+    """The original's `group_norm(channels)`: GroupNorm(groups(channels), channels, eps)."""
+    return MaskedGroupNorm(self.groups(channels), self.epsilon, name=name)
 
 
 class FrozenBatchNorm(nn.Module):
@@ -70,33 +111,56 @@ class FrozenBatchNorm(nn.Module):
 
 
 class MaskedGroupNorm(nn.Module):
-  """`nn.GroupNorm(num_groups, C, eps=1e-5)` with statistics over each image's valid block.
+  """`nn.GroupNorm(num_groups, C, eps)` with statistics over each sample's valid block.
 
-  Biased variance as PyTorch. Params `scale`, `bias` (PyTorch `weight`, `bias`).
+  x: [N, ..., C] (NHWC maps, or [N, C] vectors as PyTorch's GroupNorm on (N, C)); statistics per
+  sample and group over every non-batch axis and the group's channels, biased variance as
+  PyTorch, in float32. mask: optional [N, ..., 1] bool (True = valid): only valid positions
+  count; the output elsewhere is normalised with the valid statistics (and is read by nothing).
+  Params `scale`, `bias` (PyTorch `weight`, `bias`; init 1 and 0).
   """
   num_groups: int
   epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
-    n, h, w, c = x.shape
+    shape, c = x.shape, x.shape[-1]
     g = self.num_groups
     if c % g:
       raise ValueError(f"GroupNorm: {c} channels not divisible by {g} groups")
     scale = self.param("scale", nn.initializers.ones, (c,))
     bias = self.param("bias", nn.initializers.zeros, (c,))
-    xf = x.astype(jnp.float32).reshape(n, h, w, g, c // g)
+    xf = x.astype(jnp.float32).reshape(shape[:-1] + (g, c // g))
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # every axis but batch and group
     if mask is None:
-      mean = jnp.mean(xf, axis=(1, 2, 4), keepdims=True)
-      var = jnp.mean(jnp.square(xf - mean), axis=(1, 2, 4), keepdims=True)
+      mean = jnp.mean(xf, axis=axes, keepdims=True)
+      var = jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
     else:
-      m = mask.reshape(n, h, w, 1, 1).astype(jnp.float32)
-      count = jnp.sum(m, axis=(1, 2), keepdims=True) * (c // g)
-      mean = jnp.sum(xf * m, axis=(1, 2, 4), keepdims=True) / count
-      var = jnp.sum(jnp.square(xf - mean) * m, axis=(1, 2, 4), keepdims=True) / count
+      m = mask.reshape(shape[:-1] + (1, 1))
+      count = jnp.sum(m.astype(jnp.float32), axis=axes, keepdims=True) * (c // g)
+      zero = jnp.zeros((), jnp.float32)
+      mean = jnp.sum(jnp.where(m, xf, zero), axis=axes, keepdims=True) / count
+      var = jnp.sum(jnp.where(m, jnp.square(xf - mean), zero), axis=axes, keepdims=True) / count
     y = (xf - mean) * jax.lax.rsqrt(var + jnp.float32(self.epsilon))
-    y = y.reshape(n, h, w, c) * scale + bias
+    y = y.reshape(shape) * scale + bias
     return y.astype(x.dtype)
+
+
+class ConvGroupNorm(nn.Module):
+  """The original's `Sequential(conv (no bias), group_norm(features))` of its `use_gn` helpers
+  (`conv_with_kaiming_uniform`, `make_conv3x3`): children `0` (conv) and `1` (GroupNorm).
+
+  x: [N, h, w, C] -> [N, h, w, features]; mask as `MaskedGroupNorm` (None: whole map).
+  """
+  features: int
+  kernel: int
+  group_norm: GroupNormSpec
+  kernel_init: Callable = KAIMING_UNIFORM_A1
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    x = conv(self.features, self.kernel, bias=False, name="0", kernel_init=self.kernel_init)(x)
+    return self.group_norm.layer(self.features, "1")(x, mask)
 
 
 class ConvTranspose2x2(nn.Module):
