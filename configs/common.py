@@ -3,6 +3,8 @@
 Each sub-dict feeds exactly one module or one stage of the program (STYLE.md "Configs"):
 
   config.model.backbone        -> rap_jax.modeling.resnet.ResNet
+  config.model.group_norm      -> the GroupNorm of every USE_GN / *WithGN option (MODEL.GROUP_NORM;
+                                  PanopticRCNN.from_config hands it to the modules that use it)
   config.model.fpn             -> rap_jax.modeling.fpn.FPN
   config.model.rpn             -> rap_jax.modeling.rpn.RPN
   config.model.roi_heads.box   -> rap_jax.modeling.box_head.BoxHead
@@ -28,6 +30,10 @@ BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # Stage-2 (relation finetune) is selected by model.roi_heads.relation.kind: 'none' | 'rap' | 'ocfusion'.
 RELATION_KINDS = ("none", "rap", "ocfusion")
 FUSION_METHODS = ("heuristic", "rap", "ocfusion")
+# RESNETS.STEM_FUNC / TRANS_FUNC and ROI_BOX_HEAD.FEATURE_EXTRACTOR values rap_jax builds.
+STEM_FUNCS = ("StemWithFixedBatchNorm", "StemWithGN")
+TRANS_FUNCS = ("BottleneckWithFixedBatchNorm", "BottleneckWithGN")
+BOX_EXTRACTORS = ("FPN2MLPFeatureExtractor", "FPNXconv1fcFeatureExtractor")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -64,8 +70,18 @@ def get_config() -> ml_collections.ConfigDict:
       stage_with_dcn=(False, False, False, False),
       deformable_groups=1,
       freeze_at=2,                   # BACKBONE.FREEZE_CONV_BODY_AT (training only)
+      # RESNETS.STEM_FUNC / TRANS_FUNC: 'StemWithFixedBatchNorm' | 'StemWithGN',
+      # 'BottleneckWithFixedBatchNorm' | 'BottleneckWithGN' (GroupNorm of model.group_norm).
+      stem_func="StemWithFixedBatchNorm",
+      trans_func="BottleneckWithFixedBatchNorm",
   )
-  config.model.fpn = dict(out_channels=fpn_channels)
+  # MODEL.GROUP_NORM: exactly one of dim_per_gp (channels per group) and num_groups is -1.
+  # Not the semantic head's GroupNorm (hard-coded 32 groups there: model.semantic.num_groups).
+  config.model.group_norm = dict(dim_per_gp=-1, num_groups=32, epsilon=1e-5)
+  config.model.fpn = dict(
+      out_channels=fpn_channels,
+      use_gn=False,                  # FPN.USE_GN: conv (no bias) + GroupNorm in every FPN conv
+  )
   config.model.rpn = dict(
       in_channels=fpn_channels,
       anchor_sizes=(32, 64, 128, 256, 512),
@@ -92,6 +108,12 @@ def get_config() -> ml_collections.ConfigDict:
       pooler_scales=(0.25, 0.125, 0.0625, 0.03125),
       pooler_sampling_ratio=2,
       mlp_head_dim=1024,
+      # ROI_BOX_HEAD.FEATURE_EXTRACTOR: 'FPN2MLPFeatureExtractor' (fc6, fc7) |
+      # 'FPNXconv1fcFeatureExtractor' (num_stacked_convs 3x3 convs of conv_head_dim, then fc6).
+      extractor="FPN2MLPFeatureExtractor",
+      use_gn=False,                 # ROI_BOX_HEAD.USE_GN (xconvs, or fc6/fc7 of FPN2MLP)
+      num_stacked_convs=4,          # ROI_BOX_HEAD.NUM_STACKED_CONVS
+      conv_head_dim=256,            # ROI_BOX_HEAD.CONV_HEAD_DIM
       num_classes=81,
       bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
       score_thresh=0.05,
@@ -117,6 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
       conv_layers=(256, 256, 256, 256),
       resolution=28,
       num_classes=81,
+      use_gn=False,                 # ROI_MASK_HEAD.USE_GN: mask_fcnK = conv (no bias) + GroupNorm
   )
   config.model.roi_heads.relation = dict(
       kind="none",                  # 'none' (stage 1) | 'rap' | 'ocfusion' (SPEC §2.9, §2.11)

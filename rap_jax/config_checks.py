@@ -100,6 +100,7 @@ def _check_model(p: _Problems) -> None:
             lambda v: len(v) == 4 and all(isinstance(x, bool) for x in v),
             "must be 4 booleans (res2..res5)")
   p.require("model.backbone.freeze_at", lambda v: 0 <= v <= 5, "must be in 0..5")
+  _check_group_norm(p)
 
   rpn = "model.rpn"
   p.require(f"{rpn}.anchor_sizes", lambda v: len(v) == NUM_RPN_LEVELS and min(v) > 0,
@@ -160,6 +161,54 @@ def _check_model(p: _Problems) -> None:
               f"{rel}.in_channels", f"{sem}.in_channels"):
     p.require(key, lambda v: v == p.get("model.fpn.out_channels"),
               "must equal model.fpn.out_channels (every head reads the FPN features)")
+
+
+def _gn_widths(p: _Problems) -> dict[str, list[int]]:
+  """Config key -> the channel counts that get `group_norm(C)` (MODEL.GROUP_NORM) through it."""
+  b, box, mask = "model.backbone", "model.roi_heads.box", "model.roi_heads.mask"
+  widths: dict[str, list[int]] = {}
+  stem, res2 = p.get(f"{b}.stem_out_channels"), p.get(f"{b}.res2_out_channels")
+  bott = p.get(f"{b}.num_groups") * p.get(f"{b}.width_per_group")
+  if p.get(f"{b}.stem_func") == "StemWithGN":
+    widths[f"{b}.stem_func"] = [stem]
+  if p.get(f"{b}.trans_func") == "BottleneckWithGN":
+    widths[f"{b}.trans_func"] = [w * 2 ** i for i in range(4) for w in (bott, res2)]
+  if p.get("model.fpn.use_gn"):
+    widths["model.fpn.use_gn"] = [p.get("model.fpn.out_channels")]
+  if p.get(f"{box}.use_gn"):
+    xconv = p.get(f"{box}.extractor") == "FPNXconv1fcFeatureExtractor"
+    widths[f"{box}.use_gn"] = [p.get(f"{box}.conv_head_dim" if xconv else f"{box}.mlp_head_dim")]
+  if p.get(f"{mask}.use_gn"):
+    widths[f"{mask}.use_gn"] = list(p.get(f"{mask}.conv_layers"))
+  return widths
+
+
+def _check_group_norm(p: _Problems) -> None:
+  """The *WithGN / USE_GN options and MODEL.GROUP_NORM (`get_group_gn` asserts, up front)."""
+  before = len(p.lines)
+  p.one_of("model.backbone.stem_func", common.STEM_FUNCS)
+  p.one_of("model.backbone.trans_func", common.TRANS_FUNCS)
+  box = "model.roi_heads.box"
+  p.one_of(f"{box}.extractor", common.BOX_EXTRACTORS)
+  p.positive(f"{box}.num_stacked_convs", f"{box}.conv_head_dim")
+  gn = "model.group_norm"
+  p.positive(f"{gn}.epsilon")
+  p.require(f"{gn}.dim_per_gp", lambda v: (v == -1) != (p.get(f"{gn}.num_groups") == -1),
+            f"exactly one of {gn}.dim_per_gp and {gn}.num_groups must be -1")
+  p.require(f"{gn}.dim_per_gp", lambda v: v == -1 or v > 0, "must be -1 or > 0")
+  p.require(f"{gn}.num_groups", lambda v: v == -1 or v > 0, "must be -1 or > 0")
+  if len(p.lines) > before:  # the widths below need every key above to be valid
+    return
+  dim, groups = p.get(f"{gn}.dim_per_gp"), p.get(f"{gn}.num_groups")
+  divisor, what = (dim, "dim_per_gp") if dim > 0 else (groups, "num_groups")
+  try:
+    widths_by_key = _gn_widths(p)
+  except (TypeError, ValueError):  # a bad width key, reported by its own check
+    return
+  for key, widths in widths_by_key.items():
+    bad = sorted({w for w in widths if w % divisor})
+    if bad:
+      p.add(key, f"GroupNorm widths {bad} are not divisible by {gn}.{what}={divisor}")
 
 
 def _check_input(p: _Problems) -> None:

@@ -159,7 +159,8 @@ def build_model(config) -> nn.Module:
 def _init_fn(model: nn.Module) -> Callable[[jax.Array], Any]:
   images = jnp.zeros((1, INIT_CANVAS, INIT_CANVAS, 3), jnp.float32)
   hw = jnp.full((1, 2), INIT_CANVAS, jnp.int32)
-  return lambda rng: model.init(rng, images, hw, hw)
+  # An all-GroupNorm model (configs/tiny_gn.py) has no FrozenBN: an empty 'buffers' collection.
+  return lambda rng: {"buffers": {}, **model.init(rng, images, hw, hw)}
 
 
 def init_variables(model: nn.Module, rng: jax.Array, mesh) -> Any:

@@ -1,4 +1,10 @@
-"""Box head: FPN2MLP feature extractor, FPN predictor and test-time post-processing (SPEC §2.6).
+"""Box head: feature extractor, FPN predictor and test-time post-processing (SPEC §2.6).
+
+Feature extractors (`ROI_BOX_HEAD.FEATURE_EXTRACTOR`, our `extractor`): `FPN2MLPFeatureExtractor`
+(every original config; with `USE_GN` fc6/fc7 become `fc6.0` Linear without bias + `fc6.1`
+GroupNorm) and `FPNXconv1fcFeatureExtractor` (`xconvs`: NUM_STACKED_CONVS 3x3 convs of
+CONV_HEAD_DIM, each + GroupNorm when `USE_GN` + ReLU, then `fc6` + ReLU). GroupNorm here is per
+ROI (ordinary GroupNorm of `MODEL.GROUP_NORM`).
 
 Post-processing per image: softmax; decode all classes from the proposal (weights 10,10,5,5);
 clip; candidates `prob > score_thresh`; class-wise NMS in proposal order; concatenate classes
@@ -13,22 +19,82 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rap_jax.modeling.layers import flatten_hwc
+from rap_jax.modeling.layers import (KAIMING_UNIFORM_A1, NORMAL_001, GroupNormSpec, conv,
+                                     flatten_hwc)
 from rap_jax.ops import boxes as box_ops
 from rap_jax.ops.box_coder import decode_boxes
 from rap_jax.ops.nms import greedy_fixed_point, nms_mask
 from rap_jax.ops.poolers import pool_rois
 
 
+EXTRACTORS = ("FPN2MLPFeatureExtractor", "FPNXconv1fcFeatureExtractor")
+
+
+class FCGroupNorm(nn.Module):
+  """`make_fc(use_gn=True)`: `0` Linear (no bias, kaiming_uniform a=1), `1` GroupNorm."""
+  features: int
+  group_norm: GroupNormSpec
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.features, use_bias=False, kernel_init=KAIMING_UNIFORM_A1, name="0")(x)
+    return self.group_norm.layer(self.features, "1")(x)
+
+
 class BoxFeatureExtractor(nn.Module):
   """`FPN2MLPFeatureExtractor`: pool 7x7 -> flatten -> fc6 + ReLU -> fc7 + ReLU."""
   mlp_head_dim: int
+  use_gn: bool = False
+  group_norm: GroupNormSpec = GroupNormSpec()
 
   @nn.compact
   def __call__(self, pooled):
     x = flatten_hwc(pooled)
-    x = nn.relu(nn.Dense(self.mlp_head_dim, name="fc6")(x))
-    return nn.relu(nn.Dense(self.mlp_head_dim, name="fc7")(x))
+    for name in ("fc6", "fc7"):
+      fc = (FCGroupNorm(self.mlp_head_dim, self.group_norm, name=name) if self.use_gn
+            else nn.Dense(self.mlp_head_dim, name=name))
+      x = nn.relu(fc(x))
+    return x
+
+
+class BoxXconvFeatureExtractor(nn.Module):
+  """`FPNXconv1fcFeatureExtractor`: pooled [K, 7, 7, C] -> `xconvs` -> flatten -> fc6 + ReLU.
+
+  `xconvs` is the original's Sequential: per conv [conv, GN, ReLU] with `use_gn` (children 3i,
+  3i+1) or [conv, ReLU] without (children 2i); convs N(0, 0.01) (bias 0, none with GN); fc6
+  kaiming_uniform(a=1), bias 0.
+  """
+  mlp_head_dim: int
+  num_stacked_convs: int = 4
+  conv_head_dim: int = 256
+  use_gn: bool = False
+  group_norm: GroupNormSpec = GroupNormSpec()
+
+  @nn.compact
+  def __call__(self, pooled):
+    x = XConvs(self.num_stacked_convs, self.conv_head_dim, self.use_gn, self.group_norm,
+               name="xconvs")(pooled)
+    x = flatten_hwc(x)
+    return nn.relu(nn.Dense(self.mlp_head_dim, kernel_init=KAIMING_UNIFORM_A1, name="fc6")(x))
+
+
+class XConvs(nn.Module):
+  """The `xconvs` Sequential of `BoxXconvFeatureExtractor` on [K, h, w, C] (GN per ROI)."""
+  num_stacked_convs: int
+  conv_head_dim: int
+  use_gn: bool
+  group_norm: GroupNormSpec
+
+  @nn.compact
+  def __call__(self, x):
+    step = 3 if self.use_gn else 2
+    for i in range(self.num_stacked_convs):
+      x = conv(self.conv_head_dim, 3, bias=not self.use_gn, name=str(step * i),
+               kernel_init=NORMAL_001)(x)
+      if self.use_gn:
+        x = self.group_norm.layer(self.conv_head_dim, str(step * i + 1))(x)
+      x = nn.relu(x)
+    return x
 
 
 class BoxPredictor(nn.Module):
@@ -59,10 +125,24 @@ class BoxHead(nn.Module):
   batch_size_per_image: int = 512
   positive_fraction: float = 0.25
   max_nms_candidates: int = 2048
+  extractor: str = "FPN2MLPFeatureExtractor"  # ROI_BOX_HEAD.FEATURE_EXTRACTOR (EXTRACTORS)
+  use_gn: bool = False                        # ROI_BOX_HEAD.USE_GN
+  num_stacked_convs: int = 4                  # ROI_BOX_HEAD.NUM_STACKED_CONVS (Xconv1fc only)
+  conv_head_dim: int = 256                    # ROI_BOX_HEAD.CONV_HEAD_DIM (Xconv1fc only)
+  group_norm: GroupNormSpec = GroupNormSpec()  # MODEL.GROUP_NORM
   nms_strict: bool = True
 
   def setup(self):
-    self.feature_extractor = BoxFeatureExtractor(self.mlp_head_dim)
+    if self.extractor == "FPN2MLPFeatureExtractor":
+      self.feature_extractor = BoxFeatureExtractor(self.mlp_head_dim, self.use_gn,
+                                                   self.group_norm)
+    elif self.extractor == "FPNXconv1fcFeatureExtractor":
+      self.feature_extractor = BoxXconvFeatureExtractor(
+          self.mlp_head_dim, self.num_stacked_convs, self.conv_head_dim, self.use_gn,
+          self.group_norm)
+    else:
+      raise ValueError(f"roi_heads.box.extractor must be one of {EXTRACTORS}, "
+                       f"got {self.extractor!r}")
     self.predictor = BoxPredictor(self.num_classes)
 
   def __call__(self, features, rois, feature_hws):

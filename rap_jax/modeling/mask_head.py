@@ -2,6 +2,10 @@
 (ConvTranspose 2x2/2 + ReLU) and `mask_fcn_logits` (1x1, num_classes). At test time the mask of
 a detection is the sigmoid of its label's channel (28x28). The raw pooled ROI features are
 returned too: the relation heads read them (SPEC §11.6).
+
+`ROI_MASK_HEAD.USE_GN` (`use_gn`): each `mask_fcnK` is the original's `make_conv3x3(use_gn=True)`,
+`mask_fcnK.0` conv (no bias, kaiming_normal fan_out) + `mask_fcnK.1` GroupNorm of
+`MODEL.GROUP_NORM` (per ROI), then ReLU.
 """
 from __future__ import annotations
 
@@ -11,18 +15,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rap_jax.modeling.layers import ConvTranspose2x2, conv
+from rap_jax.modeling.layers import (KAIMING_NORMAL_FAN_OUT, ConvGroupNorm, ConvTranspose2x2,
+                                     GroupNormSpec, conv)
 from rap_jax.ops.poolers import pool_rois
 
 
 class MaskFeatureExtractor(nn.Module):
   """`MaskRCNNFPNFeatureExtractor` convs on pooled [K, 14, 14, C]."""
   conv_layers: Sequence[int]
+  use_gn: bool = False
+  group_norm: GroupNormSpec = GroupNormSpec()
 
   @nn.compact
   def __call__(self, x):
     for i, c in enumerate(self.conv_layers):
-      x = nn.relu(conv(c, 3, name=f"mask_fcn{i + 1}")(x))
+      name = f"mask_fcn{i + 1}"
+      layer = (ConvGroupNorm(c, 3, self.group_norm, KAIMING_NORMAL_FAN_OUT, name=name)
+               if self.use_gn else conv(c, 3, name=name))
+      x = nn.relu(layer(x))
     return x
 
 
@@ -46,9 +56,12 @@ class MaskHead(nn.Module):
   conv_layers: Sequence[int] = (256, 256, 256, 256)
   resolution: int = 28
   num_classes: int = 81
+  use_gn: bool = False                         # ROI_MASK_HEAD.USE_GN
+  group_norm: GroupNormSpec = GroupNormSpec()  # MODEL.GROUP_NORM
 
   def setup(self):
-    self.feature_extractor = MaskFeatureExtractor(tuple(self.conv_layers))
+    self.feature_extractor = MaskFeatureExtractor(tuple(self.conv_layers), self.use_gn,
+                                                  self.group_norm)
     self.predictor = MaskPredictor(self.conv_layers[-1], self.num_classes)
 
   def pool(self, features, boxes, feature_hws):

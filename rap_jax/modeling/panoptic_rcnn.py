@@ -24,7 +24,7 @@ from rap_jax.modeling import losses as loss_lib
 from rap_jax.modeling import targets
 from rap_jax.modeling.box_head import BoxHead
 from rap_jax.modeling.fpn import FPN, STRIDES
-from rap_jax.modeling.layers import valid_hw
+from rap_jax.modeling.layers import GroupNormSpec, valid_hw
 from rap_jax.modeling.mask_head import MaskHead
 from rap_jax.modeling.ocfusion_head import OcclusionHead
 from rap_jax.modeling.relation_head import RelationHead, relation_input
@@ -156,9 +156,13 @@ class PanopticRCNN(nn.Module):
   def from_config(cls, model_config) -> "PanopticRCNN":
     m = _plain(model_config)
     rh = m["roi_heads"]
-    return cls(backbone_cfg=m["backbone"], fpn_cfg=m["fpn"], rpn_cfg=m["rpn"],
-               box_cfg=rh["box"], mask_cfg=rh["mask"], relation_cfg=rh["relation"],
-               semantic_cfg=m["semantic"], nms_strict=m.get("nms_compare", "cuda") == "cuda")
+    # MODEL.GROUP_NORM is global in the original: every module with a USE_GN / *WithGN option
+    # gets it as its `group_norm` field.
+    with_gn = lambda cfg: {**cfg, "group_norm": GroupNormSpec(**m["group_norm"])}
+    return cls(backbone_cfg=with_gn(m["backbone"]), fpn_cfg=with_gn(m["fpn"]), rpn_cfg=m["rpn"],
+               box_cfg=with_gn(rh["box"]), mask_cfg=with_gn(rh["mask"]),
+               relation_cfg=rh["relation"], semantic_cfg=m["semantic"],
+               nms_strict=m.get("nms_compare", "cuda") == "cuda")
 
   def setup(self):
     self.backbone = Backbone(self.backbone_cfg, self.fpn_cfg)
