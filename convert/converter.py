@@ -97,10 +97,15 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], *,
   unmatched: list[tuple[str, tuple[int, ...]]] = []
   errors: list[str] = []
   seen_leaves: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+  # module -> {leaf: ndim}: the GroupNorm variants reuse FrozenBN / conv names (name_table.py).
+  module_leaves: dict[str, dict[str, int]] = collections.defaultdict(dict)
+  for key, tensor in state_dict.items():
+    module, leaf = name_table.split_key(key)
+    module_leaves[module][leaf] = np.ndim(tensor)
 
   for key, tensor in state_dict.items():
     module, leaf = name_table.split_key(key)
-    kind = name_table.kind_of(module)
+    kind = name_table.kind_of(module, module_leaves[module])
     if kind == "anchors":
       problem = _check_anchors(key, leaf, np.asarray(tensor), anchor_spec)
       if problem:

@@ -2,14 +2,16 @@
 
 This is the only place where layouts change; inside the model everything is NHWC.
 
-| kind           | coll.   | torch leaf -> our leaf     | layout of `weight`                     |
-| -------------- | ------- | -------------------------- | -------------------------------------- |
-| conv           | params  | weight->kernel, bias->bias | (O, I/g, kh, kw) -> (kh, kw, I/g, O)   |
-| linear         | params  | weight->kernel, bias->bias | (out, in) -> (in, out)                 |
-| linear_chw     | params  | weight->kernel, bias->bias | in axis (C,H,W) -> (H,W,C); (in, out)  |
-| conv_transpose | params  | weight->kernel, bias->bias | (in, out, kh, kw) -> (kh, kw, in, out) |
-| group_norm     | params  | weight->scale, bias->bias  | unchanged (1-d)                        |
-| frozen_bn      | buffers | weight, bias, running_*    | unchanged (1-d), kept verbatim         |
+| kind               | coll.   | torch leaf -> our leaf     | layout of `weight`                     |
+| ------------------ | ------- | -------------------------- | -------------------------------------- |
+| conv               | params  | weight->kernel, bias->bias | (O, I/g, kh, kw) -> (kh, kw, I/g, O)   |
+| linear             | params  | weight->kernel, bias->bias | (out, in) -> (in, out)                 |
+| linear_chw         | params  | weight->kernel, bias->bias | in axis (C,H,W) -> (H,W,C); (in, out)  |
+| linear_no_bias     | params  | weight->kernel             | (out, in) -> (in, out)                 |
+| linear_chw_no_bias | params  | weight->kernel             | as linear_chw                          |
+| conv_transpose     | params  | weight->kernel, bias->bias | (in, out, kh, kw) -> (kh, kw, in, out) |
+| group_norm         | params  | weight->scale, bias->bias  | unchanged (1-d)                        |
+| frozen_bn          | buffers | weight, bias, running_*    | unchanged (1-d), kept verbatim         |
 
 FrozenBatchNorm2d is NOT folded here: its four buffers are stored verbatim in the 'buffers'
 collection and the model computes `scale = weight * rsqrt(running_var)` (no epsilon) and
@@ -21,6 +23,9 @@ original's rounding.
 (`fc6`, `relation_fc1`, `relation_oc_fc1`; box pooler 7x7, relation convs end with stride 2 on
 14x14): our model flattens NHWC maps, so the weight's input axis is permuted from (C, H, W) to
 (H, W, C) order before the transpose.
+
+The `*_no_bias` kinds are `make_fc(use_gn=True)`'s Linear (`fc6.0`, `fc7.0`, followed by a
+GroupNorm): a bias there is a leftover, not silently dropped.
 
 `conv_transpose` (`conv5_mask`, kernel 2 stride 2): the model computes
 `out[2y+a, 2x+b, o] = bias[o] + sum_i x[y, x, i] * kernel[a, b, i, o]` (SPEC §2.7), so no flip.
@@ -102,10 +107,12 @@ HOOKS: Mapping[str, Hook] = {
     "conv": Hook("params", _WEIGHT_BIAS, conv_oihw_to_hwio, ("weight",)),
     "linear": Hook("params", _WEIGHT_BIAS, linear_to_in_out, ("weight", "bias")),
     "linear_chw": Hook("params", _WEIGHT_BIAS, linear_chw_to_hwc, ("weight", "bias")),
+    "linear_no_bias": Hook("params", {"weight": "kernel"}, linear_to_in_out, ("weight",)),
+    "linear_chw_no_bias": Hook("params", {"weight": "kernel"}, linear_chw_to_hwc, ("weight",)),
     "conv_transpose": Hook("params", _WEIGHT_BIAS, conv_transpose_to_hwio, ("weight", "bias")),
     "group_norm": Hook("params", {"weight": "scale", "bias": "bias"}, unchanged_1d,
                        ("weight", "bias")),
     "frozen_bn": Hook("buffers", {n: n for n in _FROZEN_BN}, unchanged_1d, _FROZEN_BN),
 }
-# The seventh kind, 'anchors' (`rpn.anchor_generator.cell_anchors`), is not stored: converter.py
+# The last kind, 'anchors' (`rpn.anchor_generator.cell_anchors`), is not stored: converter.py
 # checks it against rap_jax.modeling.anchors.
