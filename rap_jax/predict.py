@@ -6,15 +6,22 @@
 Writes `DIR/panoptic.json` + `DIR/panoptic/<stem>.png` (COCO panoptic prediction format, SPEC
 §4.2), `DIR/instances.json` (COCO detection results: one entry per detection with bbox, score,
 RLE segmentation and, for RAP models, the relation value) and `DIR/vis/<stem>.png` overlays.
-Images are numbered 1, 2, ... in sorted path order (the `image_id` of both JSON files).
+Images are numbered 1, 2, ... in sorted path order (the `image_id` of both JSON files), and
+written in that order whatever the batching: segment ids come from one id generator per run
+(SPEC §4.3), so they depend on the order of the images, and the original goes through them in
+order (TEST.IMS_PER_BATCH 1). Batches hold images of one canvas each, so with batch_size > 1 an
+image can leave the network after later ones: its outputs wait and are written in turn. Images
+are batched in windows of batch_size x len(canvas_sizes) x `REORDER_WINDOW` (each window's
+partial batches run at its end), which bounds how many outputs wait.
 """
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import pathlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 from absl import logging
@@ -28,6 +35,8 @@ from rap_jax.data import transforms as T
 from rap_jax.metrics import coco_ap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Batches per canvas in one batching window (see the module docstring).
+REORDER_WINDOW = 4
 
 
 def list_images(spec: str) -> list[pathlib.Path]:
@@ -85,6 +94,32 @@ def _atomic_json(path: pathlib.Path, content: Any) -> None:
   os.replace(tmp, path)
 
 
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+  """Consecutive lists of `size` items (the last one shorter)."""
+  it = iter(items)
+  while chunk := list(itertools.islice(it, size)):
+    yield chunk
+
+
+def in_order(pairs: Iterable[tuple[int, Any]]) -> Iterator[Any]:
+  """(position, value) pairs arriving in any order -> the values in position order 0, 1, 2, ...
+
+  Each value is released as soon as all earlier positions have been. Positions must be 0..n-1,
+  each once; a missing one raises at the end.
+  """
+  waiting: dict[int, Any] = {}
+  expect = 0
+  for pos, value in pairs:
+    if pos < expect or pos in waiting:
+      raise ValueError(f"position {pos} arrived twice")
+    waiting[pos] = value
+    while expect in waiting:
+      yield waiting.pop(expect)
+      expect += 1
+  if waiting:
+    raise ValueError(f"positions {sorted(waiting)} arrived but {expect} never did")
+
+
 def run(config, workdir: str) -> dict:
   """Predict every image of `config.predict.images` into `workdir`; returns a summary dict."""
   paths = list_images(config.predict.images)
@@ -96,6 +131,7 @@ def run(config, workdir: str) -> dict:
   failures: list[str] = []
 
   def items() -> Iterator[inference.ImageInput]:
+    seq = itertools.count()                  # position among the images actually read
     for image_id, path in enumerate(paths, start=1):
       try:
         rgb = T.load_image(path)
@@ -104,33 +140,43 @@ def run(config, workdir: str) -> dict:
         failures.append(f"{path}: {e}")
         continue
       keep = rgb if config.predict.write_vis else None
-      yield inference.prepare_image(rgb, config.input, key=(image_id, path, keep))
+      yield inference.prepare_image(rgb, config.input, key=(next(seq), image_id, path, keep))
 
   with_relation = config.model.roi_heads.relation.kind == "rap"
+  batch_size = int(config.predict.batch_size)
+  window = batch_size * len(config.input.canvas_sizes) * REORDER_WINDOW
   instances: list[dict] = []
   writer = panoptic_io.PanopticWriter(out_dir, flush_every=100)
   num = 0
-  stream = inference.batches(items(), config.input, int(config.predict.batch_size),
-                             int(config.postprocess.output_size_multiple))
-  for batch in tqdm(stream, desc="predict", unit="batch", total=None,
-                    disable=jax.process_index() != 0):
-    result = jax.device_get(predictor(batch))
-    fused = result.pop("fusion")
-    for i, key in enumerate(batch.keys):
-      if key is None:
-        continue
-      image_id, path, rgb = key
-      hw = tuple(int(v) for v in batch.original_hw[i])
-      annotation = writer.add(image_id, path.stem, fused[i], hw)
-      instances.extend(instance_records(result, i, image_id, path.name, hw, with_relation))
-      if rgb is not None:
-        overlay = visualize.render_fusion(
-            rgb, fused[i], method=config.fusion.method,
-            relation=result["relation"][i] if "relation" in result else None,
-            occlusion=result["occlusion"][i] if "occlusion" in result else None,
-            segments_info=annotation["segments_info"])
-        visualize.write_overlay(out_dir, path.stem, overlay)
-      num += 1
+
+  def per_image() -> Iterator[tuple[int, dict]]:
+    """(position, outputs of one image) as batches come back; only per-image slices are kept."""
+    for chunk in chunked(items(), window):
+      for batch in inference.batches(chunk, config.input, batch_size,
+                                     int(config.postprocess.output_size_multiple)):
+        result = jax.device_get(predictor(batch))
+        fused = result.pop("fusion")
+        for i, key in enumerate(batch.keys):
+          if key is None:
+            continue
+          seq, image_id, path, rgb = key
+          hw = tuple(int(v) for v in batch.original_hw[i])
+          yield seq, dict(
+              image_id=image_id, path=path, rgb=rgb, hw=hw, fused=fused[i],
+              records=instance_records(result, i, image_id, path.name, hw, with_relation),
+              relation=result["relation"][i] if "relation" in result else None,
+              occlusion=result["occlusion"][i] if "occlusion" in result else None)
+
+  for out in tqdm(in_order(per_image()), desc="predict", unit="image", total=len(paths),
+                  disable=jax.process_index() != 0):
+    annotation = writer.add(out["image_id"], out["path"].stem, out["fused"], out["hw"])
+    instances.extend(out["records"])
+    if out["rgb"] is not None:
+      overlay = visualize.render_fusion(
+          out["rgb"], out["fused"], method=config.fusion.method, relation=out["relation"],
+          occlusion=out["occlusion"], segments_info=annotation["segments_info"])
+      visualize.write_overlay(out_dir, out["path"].stem, overlay)
+    num += 1
   writer.close()
   _atomic_json(out_dir / "instances.json", instances)
   summary = {"images": num, "detections": len(instances), "failed": failures,
