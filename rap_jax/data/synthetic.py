@@ -18,14 +18,17 @@
   annotations/depths_<s>.json              ``{image_id: {annotation_id: depth}}`` (crowd too)
   synthetic_config.json                    the generator's arguments (a completeness stamp)
 
-Scenes: 3-5 stuff regions (real COCO stuff ids; wavy horizontal bands, one band sometimes split
+Scenes (``SyntheticConfig``): 3-5 stuff regions (real COCO stuff ids; wavy horizontal bands, one band sometimes split
 vertically), each with its own texture; sometimes a thin VOID strip along a band boundary; thing
 instances of 11 real COCO thing categories (``synthetic_shapes.THING_STYLES``: person = striped
 capsule with a head, car = body + cabin + wheels, cup with handle, ...) at random distinct
 depths; each image uses 1-3 categories, so same-category occlusions are common; instances are
 placed next to each other, so occlusions are frequent; sometimes a crowd region (iscrowd 1, a group
-of small persons, always the farthest object, never in a relation). The visible panoptic masks are
-the amodal masks painted far to near.
+of small persons, always the farthest object, never in a relation). With ``inset_prob`` > 0 an
+instance is sometimes placed in front of a larger one, mostly inside its box: the far object stays
+the more visible (often the more confident) one, so placing instances in score order gets such
+pairs wrong and depth order matters (what RAP's relation head fixes). The visible panoptic masks
+are the amodal masks painted far to near.
 
 One rasterisation everywhere: a polygon's pixels are those of ``cv2.fillPoly`` on the coordinates
 truncated to int (SPEC §7.1 Q5, ``relations.fillpoly_mask``), so the panoptic masks, the overlap
@@ -75,6 +78,10 @@ class SyntheticConfig:
   crowd_prob: float = 0.05  # per image
   void_prob: float = 0.25  # per image: a thin unlabeled strip along a stuff boundary
   near_prob: float = 0.8  # an instance is placed next to an existing one
+  # an instance is placed IN FRONT of a larger existing one, mostly inside its box: the near object
+  # is small and partly covers the far one, so the far one is often the more confident detection
+  # and score order (the heuristic fusion) puts the pair the wrong way round; 0 = never (version 1)
+  inset_prob: float = 0.0
   min_visible: float = 0.3  # fraction of its amodal pixels every object keeps
   ratio: float = 0.2  # overlap ratio of the relation retrieval (SPEC §7.1)
   version: int = GENERATOR_VERSION
@@ -168,7 +175,14 @@ def _sample_thing(rng: np.random.Generator, cfg: SyntheticConfig, scene: list[_O
   parts = style.outline(rng)
   flip = -1.0 if rng.random() < 0.5 else 1.0
   things = [o for o in scene if not o.iscrowd]
-  if things and rng.random() < cfg.near_prob:
+  depth_limit = None  # an inset instance must be nearer than the one it covers
+  if things and cfg.inset_prob > 0 and rng.random() < cfg.inset_prob:
+    other = things[rng.integers(len(things))]
+    x0, y0, bw, bh = other.coco_bbox
+    size = rng.uniform(0.45, 0.7) * max(bw, bh)
+    centre = np.array([x0 + bw / 2, y0 + bh / 2]) + rng.uniform(-0.3, 0.3, 2) * np.array([bw, bh])
+    depth_limit = other.depth
+  elif things and rng.random() < cfg.near_prob:
     other = things[rng.integers(len(things))]
     x0, y0, bw, bh = other.coco_bbox
     shift = rng.uniform(-0.45, 0.45, 2) * (size + max(bw, bh)) / 2
@@ -176,8 +190,8 @@ def _sample_thing(rng: np.random.Generator, cfg: SyntheticConfig, scene: list[_O
   else:
     centre = rng.uniform(0.15, 0.85, 2) * np.array([w, h])
   polys = [p.poly * np.array([flip, 1.0]) * size + centre for p in parts]
-  depth = round(float(rng.uniform(1.0, 100.0)), 3)
-  if any(o.depth == depth for o in scene):
+  depth = round(float(rng.uniform(1.0, depth_limit or 100.0)), 3)
+  if (depth_limit is not None and depth >= depth_limit) or any(o.depth == depth for o in scene):
     return None
   color = np.array(style.colors[rng.integers(len(style.colors))], dtype=np.float32)
   color = np.clip(color * rng.uniform(0.85, 1.15), 0, 255)
