@@ -36,10 +36,17 @@ def setup_logging(workdir: str | os.PathLike) -> pathlib.Path:
     handler.setFormatter(pylogging.Formatter(
         "%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s"))
     root.addHandler(handler)
+  # Library loggers keep level NOTSET and inherit INFO from the root, so their records reach the
+  # file. (Setting the 'jax' logger itself before jax is imported would make jax attach its own
+  # console handler and turn on its C++ INFO logs: jax_logging_level defaults to that level.)
+  root.setLevel(pylogging.INFO)
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().setLevel(pylogging.WARNING)
-  for name in ("absl", "jax", "orbax", "tensorflow", "etils", "tensorstore"):
-    pylogging.getLogger(name).setLevel(pylogging.INFO)
+  try:  # tfds' download/preparation progress bars on the console
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
   return path
 
 

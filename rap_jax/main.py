@@ -22,6 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rap_jax import config_checks
+from rap_jax import console
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -54,7 +55,7 @@ def prepare_data(config) -> None:
   from rap_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   root, s = pathlib.Path(config.data.data_dir), config.data.synthetic
   args = dict(num_train=s.num_train, num_val=s.num_val, image_size=(s.image_size,) * 2,
-              seed=s.seed)
+              seed=s.seed, inset_prob=s.inset_prob)
   if jax.process_index() == 0 and not synthetic.is_complete(root, **args):
     if root.is_dir() and any(root.iterdir()) and not (root / "synthetic_config.json").is_file():
       sys.exit(f"rap_jax: data.data_dir={str(root)!r} is not empty and holds no synthetic "
@@ -62,8 +63,10 @@ def prepare_data(config) -> None:
     for sub in ("images", "annotations", "tfds"):  # no stale files of another configuration
       shutil.rmtree(root / sub, ignore_errors=True)
     logging.info("Generating the synthetic dataset %s into %s", args, root)
+    print(f"rap_jax: generating the synthetic dataset into {root} ({s.num_train} train + "
+          f"{s.num_val} val images, seed {s.seed})", flush=True)
     # One process: forking after JAX has started threads can deadlock.
-    summary = synthetic.generate(root, workers=1, **args)
+    summary = synthetic.generate(root, workers=1, progress=True, **args)
     logging.info("Synthetic dataset: %s", summary)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("synthetic data ready")
@@ -97,17 +100,22 @@ def main(argv: list[str]) -> None:
     config_checks.check_config(config, modes)
   except config_checks.ConfigError as e:
     sys.exit(f"rap_jax: {e}")
+  os.makedirs(workdir, exist_ok=True)
+  log_path = console.setup_logging(workdir)  # before TensorFlow / JAX start logging
   hide_gpus_from_tensorflow()
   initialize_jax(FLAGS.multihost)
   import jax  # pylint: disable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
+    print(f"rap_jax: modes {', '.join(modes)} in {workdir} (details in {log_path})", flush=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   prepare_data(config)
+  results = {}
   for m in modes:
     logging.info("Running mode %s in %s", m, workdir)
-    mode_function(m)(config, workdir)
+    results[m] = mode_function(m)(config, workdir)
+  if jax.process_index() == 0:
+    print(console.summary_table(results, workdir), flush=True)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
