@@ -76,3 +76,22 @@ def small_widths(config) -> None:
   rel.oc_conv_dim = 64
   rel.oc_mlp_head_dim = 128
   config.model.semantic.conv_dim = 64
+
+
+def group_norm_everywhere(config, num_groups: int = 8) -> None:
+  """The original's GroupNorm options for training from scratch (maskrcnn-benchmark's
+  `*_gn` configs): StemWithGN + BottleneckWithGN with nothing frozen, FPN.USE_GN, the
+  FPNXconv1fc box head with USE_GN (4 convs of the FPN width) and ROI_MASK_HEAD.USE_GN, all with
+  `num_groups` groups (MODEL.GROUP_NORM.NUM_GROUPS)."""
+  b = config.model.backbone
+  b.stem_func = "StemWithGN"
+  b.trans_func = "BottleneckWithGN"
+  b.freeze_at = 0
+  config.model.group_norm.update(dim_per_gp=-1, num_groups=num_groups)
+  config.model.fpn.use_gn = True
+  box = config.model.roi_heads.box
+  box.extractor = "FPNXconv1fcFeatureExtractor"
+  box.use_gn = True
+  box.num_stacked_convs = 4
+  box.conv_head_dim = int(config.model.fpn.out_channels)
+  config.model.roi_heads.mask.use_gn = True
