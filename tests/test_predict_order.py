@@ -79,7 +79,7 @@ def test_ids_follow_input_order_with_mixed_canvases(tmp_path, monkeypatch, batch
   config = rap_small.get_config()
   config.predict.images = str(tmp_path / "images")
   config.predict.batch_size = batch_size
-  config.predict.write_vis = False
+  config.predict.write_vis = batch_size == 2              # overlays use the written ids
   summary = predict.run(config, str(tmp_path / "out"))
   assert summary["images"] == len(names) and summary["detections"] == len(names)
   order = [i for batch in fake.batches for i in batch]
@@ -96,6 +96,8 @@ def test_ids_follow_input_order_with_mixed_canvases(tmp_path, monkeypatch, batch
     assert png[0, 0] == a["segments_info"][0]["id"] and np.count_nonzero(png) == 1
   instances = json.loads((tmp_path / "out" / "instances.json").read_text())
   assert [r["image_id"] for r in instances] == list(range(1, len(names) + 1))
+  vis = sorted(p.name for p in (tmp_path / "out").glob("vis/*.png"))
+  assert vis == ([f"{n}.png" for n in names] if batch_size == 2 else [])
 
 
 def test_in_order_and_chunked():
