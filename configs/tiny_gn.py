@@ -15,21 +15,11 @@ network's activations normalised; FrozenBN at identity makes tiny.py start in th
 checkpoints save and resume (train_metrics.jsonl, `--mode train` twice). tests/test_group_norm.py
 runs its forward, losses and gradients.
 """
-from configs import tiny
+from configs import recipes, tiny
 
 
 def get_config():
   config = tiny.get_config()
-  b = config.model.backbone
-  b.stem_func = "StemWithGN"
-  b.trans_func = "BottleneckWithGN"
-  b.freeze_at = 0
-  config.model.group_norm.update(dim_per_gp=-1, num_groups=4, epsilon=1e-5)
-  config.model.fpn.use_gn = True
-  box = config.model.roi_heads.box
-  box.extractor = "FPNXconv1fcFeatureExtractor"
-  box.use_gn = True
-  box.num_stacked_convs = 4
-  box.conv_head_dim = 16
-  config.model.roi_heads.mask.use_gn = True
+  # NUM_GROUPS 4: the tiny widths 4..128 are not all multiples of the default 32.
+  recipes.group_norm_everywhere(config, num_groups=4)
   return config
