@@ -2,7 +2,8 @@
 
 Fixture gradients `grad/<param>` are mapped to our layout with the converter's name table and
 hooks, applied to the converted small RAP checkpoint with our optax chain, and compared with the
-original's parameters after `scheduler.step(); optimizer.step()`:
+original's parameters after `scheduler.step(); optimizer.step()` (rap_jax.parity.train_iteration,
+shared with scripts/train_parity.py):
   opt_a: stage 2 (SOLVER.FINETUNE, only roi_heads.relation.*, constant lr 0.002 / bias 0.004);
   opt_b: stage 1 (R-50 1x solver: first update lr 0.02 * 0.334667, bias x2, wd 1e-4 / 0).
 """
@@ -15,29 +16,17 @@ import optax
 import pytest
 
 from configs.fixtures import rap_small
-from convert import hooks, name_table
 from rap_jax import checkpoint
 from rap_jax import optim
+from rap_jax.parity import train_iteration as ti
 
-FIXTURE = "train_small_astronaut_coffee.npz"
-
-
-def our_param_path(torch_key: str) -> str:
-  """'roi_heads.relation.predictor.relation_val.weight' -> 'roi_heads/relation/.../kernel'."""
-  module, leaf = name_table.split_key(torch_key)
-  hook = hooks.HOOKS[name_table.kind_of(module)]
-  assert hook.collection == "params", torch_key
-  return name_table.our_path(hook.collection, module, hook.leaves[leaf])[len("params/"):]
-
-
-def to_ours(torch_key: str, value: np.ndarray) -> np.ndarray:
-  module, leaf = name_table.split_key(torch_key)
-  return hooks.HOOKS[name_table.kind_of(module)].apply(leaf, value)[1]
+our_param_path = ti.our_param_path
+stage1_config = lambda: ti.optimizer_config("b")
 
 
 @pytest.fixture(scope="module")
 def npz(fixtures_dir):
-  return np.load(fixtures_dir / FIXTURE)
+  return ti.load_fixture(fixtures_dir / ti.NPZ)
 
 
 @pytest.fixture(scope="module")
@@ -45,76 +34,29 @@ def params(rap_small_ckpt):
   return checkpoint.load_variables(rap_small_ckpt)["params"]
 
 
-@pytest.fixture(scope="module")
-def grads(npz, params):
-  flat = {p: np.zeros_like(v) for p, v in checkpoint.flatten(params).items()}
-  for key in npz.files:
-    if key.startswith("grad/"):
-      torch_key = key[len("grad/"):]
-      path = our_param_path(torch_key)
-      assert path in flat, path
-      flat[path] = to_ours(torch_key, npz[key])
-  return checkpoint.unflatten(flat)
-
-
-def stage1_config():
-  """The small model with the solver of e2e_panoptic_rcnn_R_50_FPN_1x.yaml (optimizer (b))."""
-  config = rap_small.get_config()
-  t = config.train
-  t.stage, t.base_lr, t.steps, t.max_iter, t.start_iter = 1, 0.02, (80000, 120000), 150000, 0
-  t.warmup_iters, t.warmup_factor = 500, 1.0 / 3
-  return config
-
-
-def one_step(config, params, grads):
-  tx = optim.make_optimizer(config)
-  state = tx.init(params)
-  updates, state = jax.jit(tx.update)(grads, state, params)
-  return checkpoint.flatten(jax.device_get(optax.apply_updates(params, updates))), state
-
-
-def assert_close_to_original(got: np.ndarray, want: np.ndarray, before: np.ndarray,
-                              name: str) -> bool:
-  """The fixture's precision: float32 rounding of p - lr * (g + wd * p); True if bit-exact.
-
-  Elementwise within one float32 ulp of the tensor's largest magnitude (the rounding of the
-  update can differ for elements much smaller than that), and the README's per-tensor measure
-  max|after - expected| / max|update| below 2e-5 (it reports 8.1e-6 and 1.6e-5 for its own
-  float32 evaluation).
-  """
-  scale = np.float32(max(np.abs(before).max(), np.abs(want).max()))
-  diff = np.abs(got.astype(np.float64) - want)
-  assert diff.max() <= np.spacing(scale), f"{name}: off by {diff.max()} (ulp {np.spacing(scale)})"
-  update = np.abs(want.astype(np.float64) - before).max()
-  assert diff.max() <= 2e-5 * update, f"{name}: {diff.max() / update} of the update"
-  return bool(np.array_equal(got, want))
-
-
 @pytest.mark.parametrize("case", ["a", "b"])
-def test_first_sgd_step_matches_the_original(case, npz, params, grads):
-  config = rap_small.get_config() if case == "a" else stage1_config()
+def test_first_sgd_step_matches_the_original(case, npz, params):
+  """`ti.compare_optimizer_step`: within one float32 ulp of the tensor's largest magnitude and
+  2e-5 of the update, frozen parameters bit-identical."""
+  config = ti.optimizer_config(case)
   assert config.train.stage == (2 if case == "a" else 1)
-  after, _ = one_step(config, params, grads)
-  before = checkpoint.flatten(params)
-  keys = [k[len(f"opt_{case}/"):] for k in npz.files if k.startswith(f"opt_{case}/")]
-  assert len(keys) == (11 if case == "a" else 48)
-  exact = 0
-  for torch_key in keys:
-    path = our_param_path(torch_key)
-    want = to_ours(torch_key, npz[f"opt_{case}/{torch_key}"])
-    assert not np.array_equal(want, before[path])  # the original did update it
-    exact += assert_close_to_original(after[path], want, before[path], torch_key)
+  result = ti.compare_optimizer_step(npz, params, case)
+  assert result.ok, result.message()
+  assert result.values["tensors"] == (11 if case == "a" else 48)
   # The README's float32 evaluation is bit-exact for 6 of 11 (a) and 27 of 48 (b) tensors.
-  assert exact >= (6 if case == "a" else 27)
-  # Frozen parameters keep their value bit for bit: stem + layer1 (FREEZE_CONV_BODY_AT 2) in
-  # stage 1, everything outside roi_heads.relation in stage 2 (opt_a_nonrelation_unchanged).
+  assert result.values["exact"] >= (6 if case == "a" else 27)
+  # Every trained weight moves (weight decay); the original did update every recorded tensor.
+  after = ti.optimizer_step(config, params, ti.fixture_grad_tree(npz, params))
+  before = checkpoint.flatten(params)
+  for key in npz:
+    if key.startswith(f"opt_{case}/"):
+      path = our_param_path(key[len(f"opt_{case}/"):])
+      assert not np.array_equal(ti.torch_to_ours(key[len(f"opt_{case}/"):], npz[key])[1],
+                                before[path])
   for path, value in before.items():
-    frozen = path.startswith(("backbone/body/stem/", "backbone/body/layer1/"))
-    if case == "a":
-      frozen = not path.startswith("roi_heads/relation/")
-    if frozen:
-      np.testing.assert_array_equal(after[path], value, err_msg=path)
-    elif not path.endswith("/bias"):  # weight decay moves every trained weight
+    trained = path.startswith("roi_heads/relation/") if case == "a" else not path.startswith(
+        ("backbone/body/stem/", "backbone/body/layer1/"))
+    if trained and not path.endswith("/bias"):
       assert not np.array_equal(after[path], value), path
 
 
