@@ -245,6 +245,10 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_iters=500,
       checkpoint_period=10000,
       log_every=20,
+      # 'per_device' (the original: each GPU normalises its losses by its own sampled anchors /
+      # ROIs / pixels / pairs, DDP averages the gradients over GPUs) | 'global' (one
+      # normalisation over the whole global batch). Same result on one device.
+      loss_normalization="per_device",
       # Multi-stage runs in one job (configs/demo.py): a tuple of dicts of dotted overrides, one
       # per stage, each starting from the previous stage's last checkpoint (rap_jax/train.py).
       # Empty: one stage, as every original config.

@@ -21,6 +21,8 @@ from configs import common
 from rap_jax.data import categories
 
 MODES = ("train", "eval", "predict")
+# config.train.loss_normalization (rap_jax.modeling.losses.group_normalize)
+LOSS_NORMALIZATIONS = ("per_device", "global")
 DATA_NAMES = ("coco", "synthetic")
 # The FPN levels P2..P6 (RPN anchors) and P2..P5 (ROI poolers) of every original config.
 NUM_RPN_LEVELS = 5
@@ -262,6 +264,7 @@ def _check_modes(p: _Problems, modes: Iterable[str]) -> None:
   p.require("eval.max_images", lambda v: v == -1 or v > 0, "must be -1 (all) or > 0")
   t = "train"
   p.one_of(f"{t}.stage", (1, 2))
+  p.one_of(f"{t}.loss_normalization", LOSS_NORMALIZATIONS)
   if p.get(f"{t}.stage") == 2:
     p.require("model.roi_heads.relation.kind", lambda v: v != "none",
               "train.stage=2 trains only the relation head: set kind 'rap' or 'ocfusion'")

@@ -34,7 +34,9 @@ run sees exactly the batches of an uninterrupted one and ends bit-identical (on 
 backend). The original's DataLoader instead restarts its sampler on resume.
 
 Per step: the 'sampling' PRNG stream folded with the step (RPN/ROI samplers); the loss is the
-float32 sum of `PanopticRCNN.losses` in the original's order; gradients w.r.t. params only
+float32 sum of `PanopticRCNN.losses` in the original's order, each loss normalised per device and
+averaged over devices as the original's per-GPU losses under DDP (`loss_groups`,
+config.train.loss_normalization); gradients w.r.t. params only
 (FrozenBN buffers are constants). A non-finite loss or gradient stops the run with an error naming
 the step and the losses, before anything is saved: the last checkpoint stays the last good one.
 Metrics go to the log and to `<workdir>/train_metrics.jsonl`.
@@ -201,6 +203,17 @@ def _replicate(x: Any, repl) -> jax.Array:
   return jax.make_array_from_callback(value.shape, repl, lambda index: value[index])
 
 
+def loss_groups(config, mesh) -> int:
+  """Normalisation groups of the losses (`rap_jax.modeling.losses.group_normalize`): one per
+  device of the mesh for config.train.loss_normalization 'per_device' (the original: each GPU
+  normalises by its own counts, DDP averages the gradients), 1 for 'global' (whole batch)."""
+  mode = config.train.get("loss_normalization", "per_device")
+  if mode not in config_checks.LOSS_NORMALIZATIONS:
+    raise ValueError(f"train.loss_normalization={mode!r}: must be one of "
+                     f"{config_checks.LOSS_NORMALIZATIONS}")
+  return int(mesh.devices.size) if mode == "per_device" else 1
+
+
 def make_train_step(config, model: nn.Module, tx: optax.GradientTransformation, mesh
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """The jitted update: (state, global batch) -> (state, metrics); `state` is donated.
@@ -213,6 +226,7 @@ def make_train_step(config, model: nn.Module, tx: optax.GradientTransformation, 
   precision = config.model.get("matmul_precision", "highest")
   labels = optim.label_params(jax.eval_shape(_init_fn(model), jax.random.PRNGKey(0))["params"],
                               config)
+  groups = loss_groups(config, mesh)
 
   def step_fn(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(sampling_key, state.step)
@@ -220,7 +234,7 @@ def make_train_step(config, model: nn.Module, tx: optax.GradientTransformation, 
     def loss_fn(params):
       with jax.default_matmul_precision(precision):
         losses, aux = model.apply({"params": params, "buffers": state.buffers}, batch, rng,
-                                  method=type(model).losses)
+                                  method=type(model).losses, loss_groups=groups)
       return loss_lib.total_loss(losses), (losses, aux)
 
     (total, (losses, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

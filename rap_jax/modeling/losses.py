@@ -1,11 +1,18 @@
 """Loss formulas of the original (SPEC §6.1 table) and their per-image partial sums.
 
 Each `*_sums` function handles ONE image (vmap it) and returns float32 sums and counts; the
-batch-level normalisation of the original (means over all sampled anchors / ROIs of the batch,
-semantic loss over all labelled pixels, relation loss over all pairs) is `sum(sums) /
-sum(counts)` over the whole (global) batch, done by `PanopticRCNN.losses`. Under a data-parallel
-jit the sums are global reductions, so the result equals the original's per-GPU-batch formula
-applied to the global batch.
+batch-level normalisation of the original (means over all sampled anchors / ROIs of a GPU's
+batch, semantic loss over its labelled pixels, relation loss over its pairs) is
+`group_normalize`, done by `PanopticRCNN.losses`:
+
+  'per_device' (config.train.loss_normalization, the default: the original) - the batch splits
+      into one group per device (contiguous rows, mesh order); each group's loss is
+      sum(its sums) / sum(its counts), as each GPU of the original normalises by its own counts,
+      and the loss is the MEAN over groups: DistributedDataParallel averages the per-GPU
+      gradients, and the gradient of the mean of per-group losses is exactly that average;
+  'global' - one group: sum(sums) / sum(counts) over the whole (global) batch.
+
+With one device, or when every device has the same counts, both are the same number.
 
 Formulas (float32, as PyTorch 1.0):
   smooth_l1(d, beta)    = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta  (smooth_l1_loss.py)
@@ -250,5 +257,22 @@ def ocfusion_loss_sums(probs: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndar
 
 
 def normalize(total: jnp.ndarray, count: jnp.ndarray) -> jnp.ndarray:
-  """`total / count` over the batch, 0 when nothing was counted (the original's `if count`)."""
+  """`total / count` (elementwise), 0 when nothing was counted (the original's `if count`)."""
   return total / jnp.maximum(count, 1).astype(jnp.float32)
+
+
+def group_normalize(sums: jnp.ndarray, counts: jnp.ndarray, groups: int = 1) -> jnp.ndarray:
+  """Per-image sums and counts [B] -> the batch loss (module docstring).
+
+  The batch splits into `groups` contiguous groups of B / groups images (the devices of the data
+  mesh, in mesh order); each group is normalised by its own counts (0 if it counted nothing,
+  e.g. a device without relation pairs: the original's `if count` guard), and the result is the
+  mean over groups. groups=1: sum(sums) / sum(counts) over the whole batch.
+  """
+  n = sums.shape[0]
+  if groups < 1 or n % groups:
+    raise ValueError(f"loss normalisation: a batch of {n} images does not split into {groups} "
+                     "equal groups (one per device)")
+  total = jnp.sum(sums.reshape(groups, n // groups), axis=1)
+  count = jnp.sum(counts.reshape(groups, n // groups), axis=1)
+  return jnp.mean(normalize(total, count))

@@ -8,7 +8,8 @@ other images (see `rap_jax.modeling.layers`). Post-processing to original resolu
 
 The training forward `PanopticRCNN.losses` (SPEC §6.1) reuses the same modules: RPN with the
 train top-n values, targets (`rap_jax.modeling.targets`), sampling (`rap_jax.ops.sampling`) and
-per-image loss sums (`rap_jax.modeling.losses`), normalised over the whole (global) batch.
+per-image loss sums (`rap_jax.modeling.losses`), normalised per device (the original's per-GPU
+normalisation, averaged over devices) or over the whole batch (`loss_groups`).
 """
 from __future__ import annotations
 
@@ -201,7 +202,7 @@ class PanopticRCNN(nn.Module):
     return out
 
   def losses(self, batch: dict, rng: jax.Array, samples: dict | None = None,
-             intermediates: bool = False) -> tuple[dict, dict]:
+             intermediates: bool = False, loss_groups: int = 1) -> tuple[dict, dict]:
     """Training forward (SPEC §6.1): targets, sampling and every head's loss.
 
     Args:
@@ -218,6 +219,9 @@ class PanopticRCNN(nn.Module):
         (`targets.occlusion_samples`); -1 marks empty slots. Also accepted (test hook, not a
         sampler decision): `mask_targets` [B, P, 28, 28] to replace the bitmap-derived targets.
       intermediates: also return targets / head outputs in aux['intermediates'].
+      loss_groups: normalisation groups (`losses.group_normalize`): the number of devices of the
+        data mesh for the original's per-GPU normalisation (config.train.loss_normalization
+        'per_device'), 1 for one normalisation over the whole batch ('global').
     Returns:
       (losses, aux): losses = {loss_classifier, loss_box_reg, loss_mask, [loss_relation],
       loss_objectness, loss_rpn_box_reg, loss_semantic}, float32 scalars with the original's
@@ -351,12 +355,12 @@ class PanopticRCNN(nn.Module):
     labels = jnp.where(real[:, None, None], batch["semantic"], 0)
     sem_sums = jax.vmap(loss_lib.semantic_loss_sums)(quarter, labels, padded_hw, resized_hw)
 
-    tot = lambda d, k: jnp.sum(d[k])
     cnt = lambda d: jnp.sum(d["count"])
+    norm = lambda d, k: loss_lib.group_normalize(d[k], d["count"], loss_groups)
     out = dict(
-        loss_classifier=loss_lib.normalize(tot(box_sums, "classifier"), cnt(box_sums)),
-        loss_box_reg=loss_lib.normalize(tot(box_sums, "box_reg"), cnt(box_sums)),
-        loss_mask=loss_lib.normalize(tot(mask_sums, "mask"), cnt(mask_sums)),
+        loss_classifier=norm(box_sums, "classifier"),
+        loss_box_reg=norm(box_sums, "box_reg"),
+        loss_mask=norm(mask_sums, "mask"),
     )
     aux = dict(num_sampled_anchors=cnt(rpn_sums), num_pos_anchors=jnp.sum(rpn_sums["num_pos"]),
                num_sampled_rois=cnt(box_sums), num_pos_rois=jnp.sum(box_sums["num_pos"]),
@@ -370,21 +374,21 @@ class PanopticRCNN(nn.Module):
       stable = bool(rel_cfg.get("stable_ranking_loss", False))  # default: literal (SPEC §2.9)
       rel_sums = jax.vmap(lambda z, sg: loss_lib.relation_loss_sums(z, sg, stable))(
           heads["relation"], signs)
-      out["loss_relation"] = loss_lib.normalize(tot(rel_sums, "relation"), cnt(rel_sums)) * weight
+      out["loss_relation"] = norm(rel_sums, "relation") * weight
       aux["num_relation_pairs"] = cnt(rel_sums)
       inter.update(relation=heads["relation"], relation_signs=signs)
     elif kind == "ocfusion":
       probs = heads["occlusion_probs"].reshape(oc_target.shape)
       oc_sums = jax.vmap(loss_lib.ocfusion_loss_sums)(probs, oc_target, oc_valid, num_cand)
-      out["loss_relation"] = loss_lib.normalize(tot(oc_sums, "relation"), cnt(oc_sums)) * weight
+      out["loss_relation"] = norm(oc_sums, "relation") * weight
       aux["num_occlusion_candidates"] = cnt(oc_sums)
       aux["num_occlusion_samples"] = jnp.sum(oc_valid, dtype=jnp.int32)
       inter.update(occlusion_probs=probs, occlusion_first=first, occlusion_second=second,
                    occlusion_target=oc_target, occlusion_valid=oc_valid)
 
-    out["loss_objectness"] = loss_lib.normalize(tot(rpn_sums, "objectness"), cnt(rpn_sums))
-    out["loss_rpn_box_reg"] = loss_lib.normalize(tot(rpn_sums, "box_reg"), cnt(rpn_sums))
-    out["loss_semantic"] = (loss_lib.normalize(tot(sem_sums, "semantic"), cnt(sem_sums)) *
+    out["loss_objectness"] = norm(rpn_sums, "objectness")
+    out["loss_rpn_box_reg"] = norm(rpn_sums, "box_reg")
+    out["loss_semantic"] = (norm(sem_sums, "semantic") *
                             jnp.float32(self.semantic_cfg.get("loss_weight", 0.5)))
     aux["samples"] = samples
     if intermediates:
