@@ -261,6 +261,7 @@ def _check_modes(p: _Problems, modes: Iterable[str]) -> None:
   p.positive("data.max_instances", "data.shuffle_buffer", "data.synthetic.num_train",
              "data.synthetic.num_val", "data.synthetic.image_size",
              "predict.batch_size", "eval.batch_size")
+  p.require("data.synthetic.inset_prob", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
   p.require("eval.max_images", lambda v: v == -1 or v > 0, "must be -1 (all) or > 0")
   t = "train"
   p.one_of(f"{t}.stage", (1, 2))
