@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 
 from rap_jax import checkpoint
 from rap_jax import config_checks
@@ -317,18 +318,25 @@ def _nonfinite_message(step: int, metrics: Mapping[str, Any], manager) -> str:
 class _MetricsWriter:
   """Means over windows of `log_every` steps -> absl log + <workdir>/train_metrics.jsonl."""
 
-  def __init__(self, settings: LoopSettings):
+  def __init__(self, settings: LoopSettings, start: int):
     self.settings = settings
     self.window: list[dict] = []
     self.t0 = time.perf_counter()
     self.path = pathlib.Path(settings.workdir) / METRICS_FILE
     self.first: dict | None = None
     self.last: dict | None = None
+    # One progress bar per stage on the console (process 0): loss, lr, images/s.
+    self.bar = tqdm.tqdm(total=settings.max_iter, initial=start, unit="it", dynamic_ncols=True,
+                         desc=f"stage {settings.stage}", disable=jax.process_index() != 0)
 
   def add(self, step: int, metrics: Mapping[str, Any]) -> None:
     self.window.append({k: float(v) for k, v in metrics.items()})
+    self.bar.update(step - self.bar.n)
     if step % self.settings.log_every == 0 or step == self.settings.max_iter:
       self.flush(step)
+
+  def close(self) -> None:
+    self.bar.close()
 
   def flush(self, step: int) -> None:
     now = time.perf_counter()
@@ -343,6 +351,8 @@ class _MetricsWriter:
     self.first = self.first or record
     self.last = record
     losses = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("loss_"))
+    self.bar.set_postfix_str(f"loss {record['loss']:.3f} lr {record['lr']:.3g}"
+                             + (f" {rate:.1f} img/s" if rate else ""), refresh=False)
     logging.info("stage %d step %d/%d: loss %.4f (%s) lr %.6g grad_norm %.3g%s",
                  self.settings.stage, step, self.settings.max_iter, record["loss"], losses,
                  record["lr"], record["grad_norm"],
@@ -362,7 +372,7 @@ def train_loop(state: TrainState, step_fn: Callable, batches: Callable[[int], It
   produced a non-finite loss (metrics are checked one step late to keep the device busy).
   """
   start = int(sharding.host_local(state.step))
-  writer = _MetricsWriter(settings)
+  writer = _MetricsWriter(settings, start)
   pending: tuple[int, Any] | None = None  # (step, device metrics) not yet checked
   it: Iterator[Any] | None = None
 
@@ -397,6 +407,7 @@ def train_loop(state: TrainState, step_fn: Callable, batches: Callable[[int], It
     if pending is not None:
       check(*pending)
   finally:
+    writer.close()
     if it is not None:
       it.close()
     if manager is not None:
@@ -525,9 +536,23 @@ def train(config, workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
   return stages[-1], variables
 
 
+def write_curves(workdir: str) -> None:
+  """<workdir>/curves.png from train_metrics.jsonl (process 0; a plotting failure only warns)."""
+  metrics = pathlib.Path(workdir) / METRICS_FILE
+  if jax.process_index() != 0 or not metrics.is_file():
+    return
+  from rap_jax import console  # pylint: disable=import-outside-toplevel
+  try:
+    out = console.plot_curves(metrics, pathlib.Path(workdir) / console.CURVES_FILE)
+    logging.info("Training curves: %s", out)
+  except (ImportError, ValueError, OSError) as e:
+    logging.warning("could not draw the training curves from %s: %s", metrics, e)
+
+
 def train_and_evaluate(config, workdir: str) -> dict | None:
   """Train mode of rap_jax.main: every stage, then evaluation of the final weights."""
   final_config, variables = train(config, workdir)
+  write_curves(workdir)
   modes = tuple(config.modes)
   if "eval" in modes and "train" in modes and modes.index("eval") > modes.index("train"):
     logging.info("Evaluation runs next as its own mode (config.modes=%s)", modes)
