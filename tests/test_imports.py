@@ -70,15 +70,22 @@ def test_detector_on_drawn_sources():
   assert _imports_reference(_imported_names("from . import reference", "rap_jax", True))
 
 
+# Checking harnesses, not the model path: the numpy references themselves and rap_jax/parity (the
+# training-parity harness of tests and scripts/train_parity.py, which may use the references).
+HARNESSES = ("reference", "parity")
+HARNESS_MODULES = ("rap_jax.reference", "rap_jax.parity")
+
+
 def test_package_never_imports_reference():
+  """No module of the package but the harnesses imports the references or the harnesses."""
   files = [p for p in sorted(PACKAGE.rglob("*.py"))
-           if "reference" not in p.relative_to(PACKAGE).parts]
+           if not set(HARNESSES) & set(p.relative_to(PACKAGE).parts)]
   assert len(files) > 20 and any("ops" in p.parts for p in files)
   offenders = []
   for path in files:
     names = _imported_names(path.read_text(encoding="utf-8"), _module_name(path),
                             path.name == "__init__.py")
-    bad = sorted({n for n in names if n == FORBIDDEN or n.startswith(FORBIDDEN + ".")})
+    bad = sorted({n for n in names for h in HARNESS_MODULES if n == h or n.startswith(h + ".")})
     if bad:
       offenders.append(f"{path.relative_to(REPO)}: {', '.join(bad)}")
   assert not offenders, "modules importing rap_jax.reference:\n" + "\n".join(offenders)
