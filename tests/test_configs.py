@@ -462,7 +462,11 @@ def test_tiny_and_demo_run_on_the_synthetic_data():
     ("modes", ("train", "test"), "modes=('train', 'test'): must be a non-empty tuple"),
 ])
 def test_check_config_names_the_bad_key(path, value, message):
-  config = _load("tiny")
+  assert_config_error(_load("tiny"), path, value, message)
+
+
+def assert_config_error(config, path: str, value, message: str) -> None:
+  """Setting the dotted key `path` to `value` makes check_config fail with `message` in it."""
   *parents, leaf = path.split(".")
   node = config
   for part in parents:
