@@ -186,8 +186,10 @@ def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
   path = _orbax_dir(pathlib.Path(directory).absolute())
   with ocp.PyTreeCheckpointer() as checkpointer:
     meta = checkpointer.metadata(path).item_metadata.tree
-    restore_args = unflatten({p: ocp.RestoreArgs(restore_type=np.ndarray)
-                              for p in flatten(meta)})
+    # tree_map keeps empty subtrees (an all-GroupNorm model's empty 'buffers'), which a
+    # flatten/unflatten round trip would drop: orbax wants the restore args of the same structure.
+    restore_args = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
     return checkpointer.restore(path, restore_args=restore_args)
 
 

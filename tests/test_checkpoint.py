@@ -53,6 +53,22 @@ def test_save_load_round_trip(tmp_path):
   assert checkpoint.flatten(direct).keys() == a.keys()
 
 
+def test_all_group_norm_model_round_trip(tmp_path):
+  # An all-GroupNorm model (configs/tiny_gn.py) has an empty 'buffers' collection: it is saved,
+  # loaded and merged like any other (orbax restores need the empty subtree in their arguments).
+  import orbax.checkpoint as ocp
+  tree = {"params": _tree()["params"], "buffers": {}}
+  checkpoint.save_variables(tmp_path / "gn", tree)
+  with ocp.PyTreeCheckpointer() as ckptr:  # as training writes it: the empty subtree is kept
+    ckptr.save(tmp_path / "gn" / "variables", tree, force=True)
+  loaded = checkpoint.load_variables(tmp_path / "gn")
+  assert checkpoint.flatten(loaded).keys() == checkpoint.flatten(tree).keys()
+  merged = checkpoint.restore_variables(tmp_path / "gn", tree)
+  assert merged.get("buffers", {}) == {}
+  np.testing.assert_array_equal(checkpoint.flatten(merged)["params/rpn/head/conv/kernel"],
+                                tree["params"]["rpn"]["head"]["conv"]["kernel"])
+
+
 def test_load_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="not found"):
     checkpoint.load_variables(tmp_path / "missing")
