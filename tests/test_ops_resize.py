@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from rap_jax.ops.resize import resize_bilinear, source_coords, upsample_nearest2x
+from rap_jax.ops.resize import (interpolation_matrix, resize_bilinear, resize_bilinear_matmul,
+                                source_coords, upsample_nearest2x)
 from rap_jax.reference import resize as ref
 
 EPS = np.finfo(np.float32).eps
@@ -165,6 +166,78 @@ def test_source_coords_match_reference():
         r0, r1, rl0, rl1 = ref._coord(d, in_size, out_size, ac)
         assert (i0[d], i1[d]) == (r0, r1), (ac, in_size, out_size, d)
         assert abs(float(l1[d]) - rl1) <= 2 * EPS * in_size and l0[d] == np.float32(1) - l1[d]
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_interpolation_matrix_is_the_resize(align_corners):
+  # M_y @ x @ M_x^T == resize_bilinear up to float32 rounding, with traced valid sizes, zero
+  # rows beyond the valid output and columns beyond the valid input never read (NaN there).
+  hc, wc, oh_c, ow_c = 16, 20, 24, 28
+  hi = jax.lax.Precision.HIGHEST
+
+  def by_matrix(v, ih, iw, oh, ow):
+    my = interpolation_matrix(oh_c, hc, ih, oh, align_corners)
+    mx = interpolation_matrix(ow_c, wc, iw, ow, align_corners)
+    v = jnp.where(jnp.isnan(v), 0.0, v)  # a matmul reads every column (weight 0 there)
+    return jnp.einsum("pw,owc->opc", mx, jnp.einsum("oh,hwc->owc", my, v, precision=hi),
+                      precision=hi)
+
+  fn = jax.jit(by_matrix)
+  gather = jax.jit(lambda v, ih, iw, oh, ow: resize_bilinear(
+      v, (oh_c, ow_c), (ih, iw), (oh, ow), align_corners=align_corners))
+  rng = np.random.default_rng(11)
+  for in_h, in_w, out_h, out_w in [(16, 20, 24, 28), (5, 7, 11, 13), (13, 17, 6, 3),
+                                   (9, 9, 9, 9), (16, 3, 1, 1), (1, 1, 24, 2)]:
+    canvas = np.full((hc, wc, 2), np.nan, np.float32)
+    canvas[:in_h, :in_w] = rng.standard_normal((in_h, in_w, 2))
+    out = np.asarray(fn(canvas, in_h, in_w, out_h, out_w))
+    np.testing.assert_array_equal(out[out_h:], 0)
+    np.testing.assert_array_equal(out[:, out_w:], 0)
+    expected = np.asarray(gather(canvas, in_h, in_w, out_h, out_w))
+    np.testing.assert_allclose(out, expected, rtol=0, atol=4 * EPS * np.abs(canvas[:in_h, :in_w]).max())
+    my = np.asarray(interpolation_matrix(oh_c, hc, in_h, out_h, align_corners))
+    np.testing.assert_allclose(my[:out_h].sum(1), 1.0, rtol=0, atol=2 * EPS)  # rows: convex weights
+    assert (my[:, in_h:] == 0).all()
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_matmul_form_equals_gather_form(align_corners):
+  # The training form of the resize (semantic head): the gather form's values to within a couple
+  # of ulps of the input scale; NaN outside the valid input block is never read.
+  rng = np.random.default_rng(int(align_corners) + 20)
+  for (h, w), (oh, ow), (ih, iw), (voh, vow) in [((20, 30), (40, 60), (20, 30), (40, 60)),
+                                                 ((10, 15), (20, 30), (9, 13), (18, 26)),
+                                                 ((5, 5), (40, 40), (3, 4), (24, 32)),
+                                                 ((12, 12), (12, 12), (12, 12), (12, 12))]:
+    x = np.full((h, w, 3), np.nan, np.float32)
+    x[:ih, :iw] = rng.standard_normal((ih, iw, 3))
+    args = ((oh, ow), (ih, iw), (voh, vow))
+    a = np.asarray(jax.jit(lambda v: resize_bilinear(v, *args, align_corners=align_corners))(x))
+    b = np.asarray(jax.jit(lambda v: resize_bilinear_matmul(v, *args,
+                                                            align_corners=align_corners))(x))
+    assert np.isfinite(b).all()
+    np.testing.assert_allclose(b, a, rtol=0, atol=4 * EPS * np.nanmax(np.abs(x)))
+
+
+def test_semantic_loss_matches_two_gather_resizes():
+  # The training loss composes the x4 and the label-size resize into one matrix per axis; the
+  # logits (hence the CE) equal the original's two resizes (resize_bilinear twice).
+  from rap_jax.modeling import losses
+  rng = np.random.default_rng(5)
+  q = rng.standard_normal((12, 16, 4)).astype(np.float32)  # canvas 48x64, padded 40x64
+  padded, resized = np.int32([40, 64]), np.int32([37, 61])
+  labels = np.zeros((48, 64), np.uint8)
+  labels[:37, :61] = rng.integers(0, 4, (37, 61))
+  full = resize_bilinear(q, (48, 64), in_size_hw=(10, 16), out_size_hw=(40, 64),
+                         align_corners=True)
+  logits = np.asarray(resize_bilinear(full, (48, 64), in_size_hw=(40, 64),
+                                      out_size_hw=(37, 61), align_corners=True))
+  lse = np.log(np.exp(logits).sum(-1))
+  ce = lse - np.take_along_axis(logits, labels[..., None].astype(np.int64), -1)[..., 0]
+  expected = ce[labels > 0].sum()
+  got = losses.semantic_loss_sums(jnp.asarray(q), jnp.asarray(labels), padded, resized)
+  assert int(got["count"]) == int((labels > 0).sum())
+  np.testing.assert_allclose(float(got["semantic"]), expected, rtol=1e-5)
 
 
 def test_upsample_nearest2x_matches_torch():

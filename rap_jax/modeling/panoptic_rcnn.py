@@ -351,7 +351,7 @@ class PanopticRCNN(nn.Module):
     mask_sums = jax.vmap(loss_lib.mask_loss_sums)(heads["mask_logits"], m_targets, pos_valid)
 
     # ------------------------------------------------------- semantic head (SPEC §2.8, §6.1)
-    quarter = self.semantic_head(pyramid, padded_hw)
+    quarter = self.semantic_head(pyramid, padded_hw, train=True)
     labels = jnp.where(real[:, None, None], batch["semantic"], 0)
     sem_sums = jax.vmap(loss_lib.semantic_loss_sums)(quarter, labels, padded_hw, resized_hw)
 

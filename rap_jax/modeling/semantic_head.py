@@ -16,16 +16,22 @@ import jax
 import jax.numpy as jnp
 
 from rap_jax.modeling.layers import MaskedGroupNorm, block_mask, conv, valid_hw
-from rap_jax.ops.resize import resize_bilinear
+from rap_jax.ops.resize import resize_bilinear, resize_bilinear_matmul
 
 # (input level index into (P2..P6), number of conv stages, upsample after each stage?)
 _BRANCHES = ((4, 4, True), (3, 3, True), (2, 2, True), (1, 1, True), (0, 1, False))
 _STRIDES = (4, 8, 16, 32, 64)
 
 
-def _resize_batch(x, out_hw, in_valid, out_valid):
-  """Per-image align_corners=True resize: x [N, h, w, C] -> [N, *out_hw, C]."""
-  return jax.vmap(lambda xi, vi, vo: resize_bilinear(xi, out_hw, vi, vo, align_corners=True))(
+def _resize_batch(x, out_hw, in_valid, out_valid, train: bool = False):
+  """Per-image align_corners=True resize: x [N, h, w, C] -> [N, *out_hw, C].
+
+  Inference uses the gather form (`resize_bilinear`: PyTorch's values, the same on any canvas);
+  training the matmul form (`resize_bilinear_matmul`: the same values up to an ulp, several
+  times faster forward and backward on CPU, but its rounding depends on the canvas).
+  """
+  resize = resize_bilinear_matmul if train else resize_bilinear
+  return jax.vmap(lambda xi, vi, vo: resize(xi, out_hw, vi, vo, align_corners=True))(
       x, in_valid, out_valid)
 
 
@@ -37,8 +43,8 @@ class SemanticBranch(nn.Module):
   num_groups: int
 
   @nn.compact
-  def __call__(self, x, hw):
-    """x [N, h, w, C] valid in hw [N, 2] -> (y, valid hw of y)."""
+  def __call__(self, x, hw, train: bool = False):
+    """x [N, h, w, C] valid in hw [N, 2] -> (y, valid hw of y); `train` see `_resize_batch`."""
     idx = 0
     for _ in range(self.num_stages):
       m = block_mask(hw, x.shape[1:3])
@@ -49,7 +55,7 @@ class SemanticBranch(nn.Module):
       idx += 3
       if self.upsample:
         out_hw = (2 * x.shape[1], 2 * x.shape[2])
-        x = _resize_batch(x, out_hw, hw, 2 * hw)
+        x = _resize_batch(x, out_hw, hw, 2 * hw, train)
         hw = 2 * hw
         idx += 1
     return x, hw
@@ -73,10 +79,10 @@ class SemanticFPN(nn.Module):
   loss_weight: float = 0.5
 
   @nn.compact
-  def __call__(self, features, padded_hw=None):
+  def __call__(self, features, padded_hw=None, train: bool = False):
     """features (P2..P6) [N, h_l, w_l, C] -> quarter logits [N, h_2, w_2, num_classes + 1] (f32).
 
-    Valid in each image's `padded_hw / 4` block.
+    Valid in each image's `padded_hw / 4` block. `train`: resizes as matmuls (`_resize_batch`).
     """
     n = features[0].shape[0]
     if padded_hw is None:
@@ -86,14 +92,14 @@ class SemanticFPN(nn.Module):
     for i, (level, stages, up) in enumerate(_BRANCHES):
       hw = valid_hw(padded_hw, _STRIDES[level])
       y, hw = SemanticBranch(stages, up, self.conv_dim, self.num_groups,
-                             name=f"semantic_seq{i}")(features[level], hw)
+                             name=f"semantic_seq{i}")(features[level], hw, train)
       ys.append(y)
       hws.append(hw)
     target_shape = ys[4].shape[1:3]
     target_hw = hws[4]
     total = None
     for y, hw in zip(ys[:4], hws[:4]):
-      y = _resize_batch(y, target_shape, hw, target_hw)
+      y = _resize_batch(y, target_shape, hw, target_hw, train)
       total = y if total is None else total + y
     total = total + ys[4]
     total = jnp.where(block_mask(target_hw, target_shape), total, 0.0)
