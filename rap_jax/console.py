@@ -1,7 +1,8 @@
 """What a person sees: quiet console logs, a summary table at the end, the training curves.
 
 * `setup_logging(workdir)`: library and absl logs at every level go to `<workdir>/log.txt`; the
-  console shows WARNING and above only (plus our progress bars and the final summary).
+  console shows WARNING and above only, less the libraries' deprecation notes (`LIBRARY_NOISE`),
+  plus our progress bars and the final summary.
 * `summary_table(results, workdir)`: the end-of-run table (PQ of each fusion, box/mask AP,
   relation accuracy, where the outputs are).
 * `plot_curves(metrics_jsonl, out_png)`: losses and learning rate over the iterations.
@@ -18,6 +19,22 @@ from absl import logging
 
 LOG_FILE = "log.txt"
 CURVES_FILE = "curves.png"
+# Library WARNINGs that say nothing to a user of rap_jax (API deprecations inside TensorFlow /
+# tensorflow-datasets, tfds' note that a deliberately shuffled read is not in file order and
+# that our builder has a named configuration, orbax's note that a step directory of a training
+# checkpoint has no top-level metadata file): kept in log.txt, not shown on the console.
+LIBRARY_NOISE = ("is deprecated", "Instructions for updating", "is an ordered dataset",
+                 "Using custom data configuration", "Metadata file does not exist")
+
+
+class _LibraryNoise(pylogging.Filter):
+  """Drops `LIBRARY_NOISE` warnings of other packages from the console (not from log.txt)."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    if record.levelno >= pylogging.ERROR or record.name.startswith("rap_jax"):
+      return True
+    message = record.getMessage()
+    return not any(phrase in message for phrase in LIBRARY_NOISE)
 
 
 def setup_logging(workdir: str | os.PathLike) -> pathlib.Path:
@@ -41,7 +58,10 @@ def setup_logging(workdir: str | os.PathLike) -> pathlib.Path:
   # console handler and turn on its C++ INFO logs: jax_logging_level defaults to that level.)
   root.setLevel(pylogging.INFO)
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().setLevel(pylogging.WARNING)
+  console = logging.get_absl_handler()
+  console.setLevel(pylogging.WARNING)
+  if not any(isinstance(f, _LibraryNoise) for f in console.filters):
+    console.addFilter(_LibraryNoise())
   try:  # tfds' download/preparation progress bars on the console
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     tfds.disable_progress_bar()

@@ -14,13 +14,27 @@ def test_info_goes_to_the_log_file_not_the_console(tmp_path, capfd):
   try:
     logging.info("an info line for the file only")
     logging.warning("a warning for both")
+    pylogging.getLogger("tensorflow").warning("calling map_fn_v2 with dtype is deprecated")
     for h in pylogging.getLogger().handlers:
       h.flush()
     text = path.read_text()
     assert "an info line for the file only" in text and "a warning for both" in text
+    assert "map_fn_v2" in text  # library noise: in the file ...
     err = capfd.readouterr().err
     assert "an info line for the file only" not in err
+    # ... and not on the console: the console (absl) handler filters library deprecation notes,
+    # never our own warnings nor anything at ERROR.
+    noise = [f for f in logging.get_absl_handler().filters if isinstance(f, console._LibraryNoise)]
+    assert len(noise) == 1
+    record = lambda name, level, msg: pylogging.LogRecord(name, level, __file__, 1, msg, (), None)
+    assert not noise[0].filter(record("tensorflow", pylogging.WARNING, "map_fn_v2 is deprecated"))
+    assert not noise[0].filter(record("absl", pylogging.WARNING, "Metadata file does not exist"))
+    assert noise[0].filter(record("rap_jax.train", pylogging.WARNING, "option x is deprecated"))
+    assert noise[0].filter(record("tensorflow", pylogging.ERROR, "x is deprecated"))
+    assert noise[0].filter(record("absl", pylogging.WARNING, "a warning for both"))
   finally:
+    for f in list(logging.get_absl_handler().filters):
+      logging.get_absl_handler().removeFilter(f)
     root = pylogging.getLogger()
     for h in [h for h in root.handlers if isinstance(h, pylogging.FileHandler)]:
       root.removeHandler(h)
