@@ -218,8 +218,10 @@ def get_config() -> ml_collections.ConfigDict:
       max_instances=100,            # static GT instance slots per image
       shuffle_buffer=1000,
       # The built-in dataset (data.name 'synthetic'), generated into data_dir when absent.
-      # inset_prob: share of instances placed in front of a larger one (rap_jax/data/synthetic.py)
-      synthetic=dict(num_train=64, num_val=16, image_size=256, seed=0, inset_prob=0.0),
+      # inset_prob: share of instances placed in front of a larger one (rap_jax/data/synthetic.py);
+      # val_seed: the validation split's seed (-1: seed).
+      synthetic=dict(num_train=64, num_val=16, image_size=256, seed=0, inset_prob=0.0,
+                     val_seed=-1),
   )
   config.predict = dict(
       images="",                    # file, folder or glob pattern

@@ -262,6 +262,8 @@ def _check_modes(p: _Problems, modes: Iterable[str]) -> None:
              "data.synthetic.num_val", "data.synthetic.image_size",
              "predict.batch_size", "eval.batch_size")
   p.require("data.synthetic.inset_prob", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+  p.require("data.synthetic.val_seed", lambda v: isinstance(v, int) and v >= -1,
+            "must be a seed >= 0, or -1 (the training seed)")
   p.require("eval.max_images", lambda v: v == -1 or v > 0, "must be -1 (all) or > 0")
   t = "train"
   p.one_of(f"{t}.stage", (1, 2))

@@ -55,7 +55,7 @@ def prepare_data(config) -> None:
   from rap_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   root, s = pathlib.Path(config.data.data_dir), config.data.synthetic
   args = dict(num_train=s.num_train, num_val=s.num_val, image_size=(s.image_size,) * 2,
-              seed=s.seed, inset_prob=s.inset_prob)
+              seed=s.seed, inset_prob=s.inset_prob, val_seed=s.get("val_seed", -1))
   if jax.process_index() == 0 and not synthetic.is_complete(root, **args):
     if root.is_dir() and any(root.iterdir()) and not (root / "synthetic_config.json").is_file():
       sys.exit(f"rap_jax: data.data_dir={str(root)!r} is not empty and holds no synthetic "

@@ -104,6 +104,23 @@ def test_deterministic_and_independent_of_workers(data_dir, tmp_path):
     assert (tmp_path / "small" / name).read_bytes() == (data_dir / name).read_bytes()
 
 
+def test_val_seed_gives_an_unseen_validation_split(data_dir, tmp_path):
+  # val_seed draws the validation split from another seed; the training split is unchanged;
+  # the default (-1) keeps the stamp (and files) of datasets made before the option existed.
+  s = CONFIG["seed"]
+  synthetic.generate(tmp_path / "v", **dict(CONFIG, num_train=1, num_val=1, val_seed=s + 7))
+  synthetic.generate(tmp_path / "o", **dict(CONFIG, num_train=0, num_val=1, seed=s + 7))
+  train, val = "images/train2017/000000000001.png", "images/val2017/000001000001.png"
+  assert (tmp_path / "v" / train).read_bytes() == (data_dir / train).read_bytes()
+  assert (tmp_path / "v" / val).read_bytes() != (data_dir / val).read_bytes()
+  assert (tmp_path / "v" / val).read_bytes() == (tmp_path / "o" / val).read_bytes()
+  stamp = json.loads((data_dir / "synthetic_config.json").read_text())
+  assert "val_seed" not in stamp
+  assert json.loads((tmp_path / "v/synthetic_config.json").read_text())["val_seed"] == s + 7
+  with pytest.raises(ValueError, match="val_seed"):
+    synthetic.SyntheticConfig(val_seed=-2)
+
+
 def test_visible_masks_follow_depth(data_dir):
   """Every pixel of an amodal mask shows the nearest instance covering it (panoptic = painting)."""
   for split in SPLITS:

@@ -43,7 +43,8 @@ refinement reproduce ``instances_<s>_with_relation.json`` byte for byte (tested)
 lists are the ground-truth relations whose overlap passes the ratio (fronts in annotation order).
 
 Determinism: image ``i`` of split ``s`` draws from ``Generator(PCG64(SeedSequence([seed, s, i])))``,
-so images are independent of each other, of the split sizes and of ``workers``.
+so images are independent of each other, of the split sizes and of ``workers``; ``val_seed``
+(default: ``seed``) replaces ``seed`` for the validation split.
 """
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ class SyntheticConfig:
   num_val: int = 50
   image_size: tuple[int, int] = (256, 256)  # (height, width)
   seed: int = 0
+  # the validation split's seed (-1: ``seed``): another seed gives a validation split drawn from
+  # a stream the training split never used (configs/synthetic_rap.py)
+  val_seed: int = -1
   min_instances: int = 2
   max_instances: int = 6
   crowd_prob: float = 0.05  # per image
@@ -92,12 +96,20 @@ class SyntheticConfig:
     h, w = self.image_size
     if h < 32 or w < 32:
       raise ValueError(f"image_size {self.image_size} too small (>= 32x32)")
+    if self.val_seed < -1:
+      raise ValueError(f"val_seed must be >= 0 or -1 (the training seed), got {self.val_seed}")
     if self.num_train < 0 or self.num_val < 0 or max(self.num_train, self.num_val) >= 1_000_000:
       raise ValueError("num_train / num_val must be in 0..999,999")
+
+  def split_seed(self, split: str) -> int:
+    """The seed that split ``split`` draws from."""
+    return self.val_seed if split == "val2017" and self.val_seed >= 0 else self.seed
 
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["image_size"] = list(self.image_size)
+    if self.val_seed < 0:  # the stamp of datasets made before val_seed existed
+      del d["val_seed"]
     return d
 
 
@@ -332,7 +344,7 @@ def _segment_id(color: tuple[int, int, int], taken: set[int], rng: np.random.Gen
 
 def make_image(cfg: SyntheticConfig, split: str, index: int) -> dict[str, Any]:
   """Everything about one image (arrays and JSON pieces); pure function of its arguments."""
-  rng = _rng(cfg.seed, split, index)
+  rng = _rng(cfg.split_seed(split), split, index)
   h, w = cfg.image_size
   image_id = _IMAGE_ID_BASE[split] + index + 1
   name = f"{image_id:012d}"
@@ -437,7 +449,7 @@ def generate(data_dir: prep_io.PathLike, *, workers: int = 1, progress: bool = F
     results = prep_io.ordered_map(_write_image, [(cfg, split, i, str(root)) for i in range(num)],
                                   workers, progress, f"synthetic {split}")
     info = {"description": f"rap_jax synthetic dataset ({split})", "version": str(cfg.version),
-            "seed": cfg.seed}
+            "seed": cfg.split_seed(split)}
     instances = {"info": info, "licenses": [], "images": [r["image_info"] for r in results],
                  "annotations": [a for r in results for a in r["annotations"]],
                  "categories": cats.thing_categories_json()}
