@@ -150,7 +150,11 @@ def merge_variables(loaded: Mapping[str, Any], reference: Mapping[str, Any], *,
   for path, value in flatten(loaded).items():
     dtype = getattr(ref_flat[path], "dtype", None)
     merged[path] = value if dtype is None or value.dtype == dtype else value.astype(dtype)
-  return unflatten(merged)
+  out = unflatten(merged)
+  for collection, tree in reference.items():  # an empty collection (an all-GroupNorm model's
+    if isinstance(tree, Mapping) and not flatten(tree):  # 'buffers') has no leaf to carry it
+      out.setdefault(collection, {})
+  return out
 
 
 def save_variables(directory: str | os.PathLike, variables: Mapping[str, Any], *,
