@@ -3,8 +3,9 @@
 Most tests swap the network for `ToyModel` (a few convolutions with the real model's parameter
 names, a `buffers` collection and a `losses(batch, rng)` method) so that the training program is
 tested in seconds: stages and freezing, the fresh relation head of stage 2, exact resume,
-non-finite losses, 8-device sharding. `test_tiny_model_trains_and_evaluates` runs the REAL
-PanopticRCNN losses end to end on the built-in synthetic data (configs/tiny.py).
+non-finite losses, 8-device sharding. `test_tiny_group_norm_model_learns_its_training_images`
+trains the REAL PanopticRCNN (configs/tiny_gn.py) on the built-in synthetic data until it has
+learned its training images (box AP50 > 0.5), then evaluates it.
 """
 import json
 import logging
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from configs import tiny_gn
 from rap_jax import checkpoint
 from rap_jax import optim
 from rap_jax import sharding
@@ -448,27 +450,47 @@ def test_sharded_step_equals_single_device_step(data_dir):
 # ------------------------------------------------------------------ the real network
 
 
-def real_tiny_run(data_dir: str, workdir: str) -> tuple[list[dict], dict | None]:
-  """configs/tiny.py (REAL PanopticRCNN losses) on 8 synthetic 64x96 images without flips: every
-  step sees the same 8 images (one fixed batch, in shuffled order) on the 8-device mesh; 20 steps,
-  then evaluation on the 2 validation images."""
-  config = toy_config(data_dir)
+LEARN_SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def learn_data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("synthetic_learn")
+  synthetic.generate(root, num_train=8, num_val=1, image_size=(LEARN_SIZE, LEARN_SIZE), seed=0)
+  return str(root)
+
+
+def test_tiny_group_norm_model_learns_its_training_images(learn_data_dir, tmp_path):
+  """The REAL PanopticRCNN (configs/tiny_gn.py: GroupNorm everywhere, as the original trains
+  from scratch) on 8 synthetic 96x96 images, one batch per step on the 8-device mesh, 250 steps
+  at LR 0.03 with warmup, no flips; then evaluated on those same images: it has learned them
+  (box AP50 > 0.5; measured 0.86 here, 0.39 after 150 steps at LR 0.02). Checks the whole
+  training program too: losses logged every 10 steps and decreasing, checkpoint, metrics."""
+  config = tiny_gn.get_config()
+  config.data.data_dir = learn_data_dir
+  config.data.max_instances = 8
+  config.data.shuffle_buffer = 8
+  config.data.synthetic.update(num_train=8, num_val=1, image_size=LEARN_SIZE)
+  config.data.eval_split = "train2017"
+  config.input.min_size_train = (LEARN_SIZE,)
+  config.input.max_size_train = config.input.min_size_test = LEARN_SIZE
+  config.input.max_size_test = LEARN_SIZE
+  config.input.canvas_sizes = ((LEARN_SIZE, LEARN_SIZE),)
   config.input.flip_prob = 0.0
-  t = tiny.get_config().train  # the tiny config's own solver, for 20 steps
-  config.train.update(base_lr=t.base_lr, warmup_iters=t.warmup_iters, steps=t.steps,
-                      max_iter=20, checkpoint_period=20, log_every=1)
-  metrics = train.train_and_evaluate(config, workdir)
-  return _records(pathlib.Path(workdir)), metrics
-
-
-def test_tiny_model_trains_and_evaluates(data_dir, tmp_path):
-  records, metrics = real_tiny_run(data_dir, str(tmp_path))
+  config.model.roi_heads.relation.kind = "none"
+  config.fusion.method = "heuristic"
+  config.fusion.stuff_area_limit = 64
+  config.eval.batch_size = 8
+  config.modes = ("train",)
+  config.train.update(global_batch_size=8, base_lr=0.03, warmup_iters=20, steps=(200,),
+                      max_iter=250, checkpoint_period=250, log_every=10)
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  records = _records(tmp_path)
   losses = np.array([r["loss"] for r in records])
-  assert [r["step"] for r in records] == list(range(1, 21))
+  assert [r["step"] for r in records] == list(range(10, 251, 10))
   assert np.isfinite(losses).all()
-  assert losses[-5:].mean() < 0.5 * losses[:5].mean(), losses
-  assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_relation", "loss_objectness",
-          "loss_rpn_box_reg", "loss_semantic"} <= set(records[-1])
-  assert checkpoint.latest_checkpoint(tmp_path).name == "20"
-  assert metrics["num_images"] == 2 and 0.0 <= metrics["pq"]["All"]["pq"] <= 1.0
+  assert losses[-3:].mean() < 0.5 * losses[:3].mean(), losses
+  assert checkpoint.latest_checkpoint(tmp_path).name == "250"
+  assert metrics["num_images"] == 8 and metrics["split"] == "train2017"
+  assert metrics["bbox"]["AP50"] > 0.5, metrics["bbox"]
   assert (tmp_path / "metrics.json").is_file()
