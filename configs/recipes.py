@@ -95,3 +95,72 @@ def group_norm_everywhere(config, num_groups: int = 8) -> None:
   box.num_stacked_convs = 4
   box.conv_head_dim = int(config.model.fpn.out_channels)
   config.model.roi_heads.mask.use_gn = True
+
+
+def synthetic_from_scratch(config, size: int, kind: str) -> None:
+  """The from-scratch model and data of the built-in synthetic experiments (configs/demo.py,
+  synthetic_rap.py, synthetic_ocfusion.py).
+
+  Model: the small widths (`small_widths`) with GroupNorm everywhere (`group_norm_everywhere`, 8
+  groups: what the original trains from scratch with), 200/100 proposals, 64 sampled ROIs per
+  image (16 positives: the scenes hold 2-6 objects), 30 detections, relation head `kind` ('rap' |
+  'ocfusion') with the stable form of the ranking loss. One square canvas of `size` pixels.
+  Data: the synthetic dataset at `size` with insets (`inset_prob` 0.5: a small object in front of
+  a larger one, where score order is often the wrong depth order). Fusion: the head's own, with
+  the original's 0.5 thresholds; the stuff area limit scaled from 4096 at 800 pixels.
+  """
+  small_widths(config)
+  group_norm_everywhere(config, num_groups=8)
+  rel = config.model.roi_heads.relation
+  rel.kind = kind
+  rel.stable_ranking_loss = True
+  rel.oc_train_pairs = 64
+  rpn = config.model.rpn
+  rpn.pre_nms_top_n_test = rpn.pre_nms_top_n_train = 200
+  rpn.post_nms_top_n_test = rpn.post_nms_top_n_train = 100
+  rpn.fpn_post_nms_top_n_test = rpn.fpn_post_nms_top_n_train = 100
+  rpn.batch_size_per_image = 128
+  box = config.model.roi_heads.box
+  box.detections_per_img = 30
+  box.max_detections = 32
+  box.batch_size_per_image = 64
+
+  config.input.min_size_test = config.input.max_size_test = size
+  config.input.min_size_train = (size,)
+  config.input.max_size_train = size
+  config.input.canvas_sizes = ((size, size),)
+
+  config.fusion.method = kind
+  config.fusion.confidence_thr = 0.5
+  config.fusion.overlap_thr = 0.5
+  config.fusion.stuff_area_limit = int(4096 * (size / 800) ** 2)
+
+  config.data.name = "synthetic"
+  config.data.max_instances = 16
+  config.data.shuffle_buffer = 512
+  config.data.synthetic.update(image_size=size, inset_prob=0.5)
+
+
+def two_stages(config, *, stage1_iters: int, stage2_iters: int, batch: int, base_lr: float,
+               warmup: int = 50, stage2_lr: float | None = None) -> None:
+  """Both training stages of the original in one run (`train.stages`): stage 1 = Panoptic FPN
+  from scratch at `base_lr` (the original: 0.02 for 16 images), linear warmup over `warmup`
+  iterations and x0.1 steps at 75% and 92% of the iterations; stage 2 = the relation finetune
+  from stage 1's last checkpoint, a fresh relation head the only trained part, at a constant
+  `stage2_lr` (default `base_lr`) continuing the iteration count (SPEC §6.2)."""
+  t = config.train
+  t.global_batch_size = batch
+  t.base_lr = base_lr
+  t.warmup_iters = warmup
+  t.steps = (int(0.75 * stage1_iters), int(0.92 * stage1_iters))
+  t.max_iter = stage1_iters
+  t.checkpoint_period = max(stage1_iters // 4, 1)
+  t.log_every = 20
+  t.stages = (
+      {"train.stage": 1, "model.roi_heads.relation.kind": "none", "fusion.method": "heuristic"},
+      {"train.stage": 2, "train.start_iter": stage1_iters,
+       "train.max_iter": stage1_iters + stage2_iters,
+       "train.base_lr": t.base_lr if stage2_lr is None else stage2_lr,
+       "train.steps": (10 ** 9,), "train.warmup_iters": 0,
+       "train.checkpoint_period": stage2_iters},
+  )
