@@ -17,6 +17,7 @@ import yaml
 
 from configs import common, recipes
 from rap_jax import config_checks
+from rap_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FULL_CONFIGS = tuple(f"{kind}_{body}" for kind in ("panoptic_fpn", "rap")
@@ -431,11 +432,34 @@ def test_recipes_backbones_follow_spec():
 
 
 def test_tiny_and_demo_run_on_the_synthetic_data():
-  for name in ("tiny", "demo"):
+  for name in ("tiny", "demo", "synthetic_rap"):
     config = _load(name)
     assert config.data.name == "synthetic"
     assert config.model.roi_heads.relation.kind == "rap" and config.fusion.method == "rap"
-  assert _load("demo").modes == ("train", "predict")
+  oc = _load("synthetic_ocfusion")
+  assert oc.model.roi_heads.relation.kind == "ocfusion" and oc.fusion.method == "ocfusion"
+  assert _load("demo").modes == ("train",)  # train runs both stages, then evaluates
+
+
+def test_synthetic_experiments_train_from_scratch_with_group_norm():
+  # The from-scratch recipe (recipes.synthetic_from_scratch + two_stages): GroupNorm everywhere,
+  # nothing frozen; stage 1 without relation head, stage 2 = the relation finetune continuing
+  # the iteration count; the full experiments validate on a seed the training never used.
+  for name in ("demo", "synthetic_rap", "synthetic_ocfusion"):
+    config = _load(name)
+    b = config.model.backbone
+    assert (b.stem_func, b.trans_func, b.freeze_at) == ("StemWithGN", "BottleneckWithGN", 0)
+    assert config.model.fpn.use_gn and config.model.roi_heads.box.use_gn
+    assert config.model.roi_heads.mask.use_gn
+    stage1, stage2 = train.stage_configs(config)
+    assert stage1.model.roi_heads.relation.kind == "none"
+    assert stage1.fusion.method == "heuristic"
+    assert stage2.train.stage == 2 and stage2.train.start_iter == stage1.train.max_iter
+    assert stage2.fusion.method == config.model.roi_heads.relation.kind
+    assert stage1.train.warmup_iters > 0 and stage2.train.warmup_iters == 0
+  for name in ("synthetic_rap", "synthetic_ocfusion"):
+    s = _load(name).data.synthetic
+    assert s.val_seed >= 0 and s.val_seed != s.seed
 
 
 @pytest.mark.parametrize("path, value, message", [

@@ -106,8 +106,8 @@ def test_config_is_locked(run_main):
 
 def test_default_modes_come_from_the_config(run_main):
   calls = run_main(config="configs/demo.py")
-  assert [c[0] for c in calls] == ["data", "train", "predict"]
-  assert calls[-1][1].predict.images == "datasets/synthetic/images/val2017"
+  assert [c[0] for c in calls] == ["data", "train"]
+  assert calls[-1][1].data.data_dir == "datasets/synthetic"
 
 
 def test_mode_functions_resolve_to_the_drivers():
